@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine with Python 3.11, gcc and make:
+#   make demo   create .venv, install udrflow, run the end-to-end demo
+#   make test   create .venv, install udrflow with test extras, run the whole suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: demo test install install-test ext bench lint clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.created pyproject.toml setup.py
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+# Rebuild the Cython extensions in place when a .pyx/.h changed (fast when nothing did).
+ext: $(VENV)/.installed
+	$(PY) setup.py --quiet build_ext --inplace
+
+install: ext
+install-test: $(VENV)/.installed-test ext
+
+demo: install
+	$(VENV)/bin/udrflow demo
+
+test: install-test
+	$(VENV)/bin/python -m pytest -q
+
+lint: install-test
+	$(VENV)/bin/ruff check udrflow connectors tests benchmarks examples
+
+bench: install
+	$(PY) benchmarks/bench_log.py
+
+clean:
+	rm -rf build $(VENV) udrflow/_ext/*.c udrflow/_ext/*.so *.egg-info

@@ -1,0 +1,51 @@
+"""udrflow: a streaming-first data runtime for Python.
+
+Layers, bottom up: ``udrflow.log`` is the append-only, checksummed epoch log (the one
+source of truth); ``udrflow._database`` opens a database directory and hands out
+:class:`Database` handles; ``udrflow.errors`` holds the one exception tree. Everything
+a user needs is re-exported here; the rest is private (``_``-prefixed modules).
+"""
+
+from udrflow import errors as errors
+from udrflow._database import Database as Database
+from udrflow._database import open as open
+from udrflow.errors import CorruptionError as CorruptionError
+from udrflow.errors import DatabaseClosedError as DatabaseClosedError
+from udrflow.errors import DatabaseLockedError as DatabaseLockedError
+from udrflow.errors import DatabaseNotFoundError as DatabaseNotFoundError
+from udrflow.errors import InvalidNameError as InvalidNameError
+from udrflow.errors import InvalidOptionError as InvalidOptionError
+from udrflow.errors import InvalidPayloadError as InvalidPayloadError
+from udrflow.errors import LogPoisonedError as LogPoisonedError
+from udrflow.errors import ReadOnlyError as ReadOnlyError
+from udrflow.errors import StorageError as StorageError
+from udrflow.errors import StorageFullError as StorageFullError
+from udrflow.errors import StoragePermissionError as StoragePermissionError
+from udrflow.errors import UdrflowError as UdrflowError
+from udrflow.errors import VersionNotFoundError as VersionNotFoundError
+from udrflow.log import Durability as Durability
+from udrflow.log import LogRecord as LogRecord
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open",
+    "Database",
+    "Durability",
+    "LogRecord",
+    "errors",
+    "UdrflowError",
+    "CorruptionError",
+    "DatabaseClosedError",
+    "DatabaseLockedError",
+    "DatabaseNotFoundError",
+    "InvalidNameError",
+    "InvalidOptionError",
+    "InvalidPayloadError",
+    "LogPoisonedError",
+    "ReadOnlyError",
+    "StorageError",
+    "StorageFullError",
+    "StoragePermissionError",
+    "VersionNotFoundError",
+]

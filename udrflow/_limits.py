@@ -1,0 +1,42 @@
+"""Every size limit of udrflow, in one place (TIGER_STYLE: put a limit on everything).
+
+The relations between limits are checked by tests/test_limits.py, so changing one
+here cannot silently break another.
+"""
+
+from udrflow._ext._frame import COMMIT_HEADER_BYTES, FRAME_HEADER_BYTES
+
+MIB = 1024 * 1024
+
+#: Largest body of one commit. Bigger commits (bulk loads) write their rows as chunks
+#: first and reference them by hash, so frames stay small enough to buffer whole.
+COMMIT_BODY_BYTES_MAX = 16 * MIB
+
+#: Largest frame length field the scanner accepts (commit header + body).
+FRAME_LENGTH_MAX = COMMIT_BODY_BYTES_MAX + COMMIT_HEADER_BYTES
+
+#: Largest frame on disk.
+FRAME_BYTES_MAX = FRAME_LENGTH_MAX + FRAME_HEADER_BYTES
+
+#: Fixed size of the header at the start of every segment file.
+SEGMENT_HEADER_BYTES = 32
+
+#: Default and allowed range of the size at which the writer starts a new segment.
+SEGMENT_SIZE_BYTES_DEFAULT = 64 * MIB
+SEGMENT_SIZE_BYTES_MIN = SEGMENT_HEADER_BYTES + FRAME_BYTES_MAX
+SEGMENT_SIZE_BYTES_MAX = 1024 * MIB
+
+#: Most bytes one epoch writes (one group-commit round). Larger backlogs take several
+#: epochs; a single commit bigger than this still goes out whole in its own epoch.
+EPOCH_BYTES_MAX = 8 * MIB
+
+#: Committers block (back-pressure) while this many bytes wait for an epoch.
+PENDING_BYTES_MAX = 64 * MIB
+
+#: Largest single read when scanning or replaying a segment.
+READ_BYTES_MAX = 4 * MIB
+
+#: Default and allowed range of the fsync interval for durability="interval".
+FSYNC_INTERVAL_MS_DEFAULT = 10
+FSYNC_INTERVAL_MS_MIN = 1
+FSYNC_INTERVAL_MS_MAX = 60_000

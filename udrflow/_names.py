@@ -1,0 +1,29 @@
+"""Rules for the names of tables, branches and views (they become file and directory names)."""
+
+from __future__ import annotations
+
+import re
+
+from udrflow.errors import InvalidNameError
+
+NAME_BYTES_MAX = 128
+_ALLOWED = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def check_name(name: object, kind: str) -> str:
+    """Return ``name`` if it is a valid ``kind`` name, else raise InvalidNameError naming the rule."""
+    if not isinstance(name, str):
+        raise InvalidNameError(f"{kind} name must be a str: got {type(name).__name__}")
+    if not name:
+        raise InvalidNameError(f"{kind} name must not be empty")
+    if len(name.encode()) > NAME_BYTES_MAX:
+        raise InvalidNameError(f"{kind} name must be at most {NAME_BYTES_MAX} bytes: got {len(name.encode())} "
+                               f"bytes ({name[:20]!r}...)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidNameError(f"{kind} name must not contain control characters: got {name!r}")
+    if "/" in name or "\\" in name or name in (".", "..") or ".." in name:
+        raise InvalidNameError(f"{kind} name must not contain path separators or '..': got {name!r}")
+    if not _ALLOWED.fullmatch(name):
+        raise InvalidNameError(f"{kind} name must start with a letter or '_' and contain only letters, digits, "
+                               f"'_', '.' and '-': got {name!r}")
+    return name

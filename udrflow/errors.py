@@ -1,0 +1,146 @@
+"""The one exception tree of udrflow.
+
+Every failure a user can cause or meet raises a subclass of :class:`UdrflowError`. The
+tree is shallow on purpose: catch ``UdrflowError`` for "anything udrflow", a middle class
+for a family, a leaf when you act on one cause. Following trio, "you closed it"
+(:class:`DatabaseClosedError`) is distinct from "an outside failure broke it"
+(:class:`LogPoisonedError`, whose ``__cause__`` is the original ``OSError``).
+
+Messages say what was expected, what was found, and where::
+
+    checksum mismatch in segment 00000000000000000001.seg at byte 81920 (version 1234)
+
+    UdrflowError
+    ├── UsageError                 the caller asked for something invalid
+    │   ├── InvalidPayloadError    a commit payload that cannot be written
+    │   ├── InvalidNameError       a table/branch/view name that breaks a rule
+    │   └── InvalidOptionError     an option outside its allowed values
+    ├── DatabaseNotFoundError      no database (or log) at the path given
+    ├── DatabaseLockedError        another process holds the writer lock
+    ├── DatabaseClosedError        the database (or log) was closed by its owner
+    ├── ReadOnlyError              a write through a read-only handle
+    ├── VersionNotFoundError       a version outside [since, upper)
+    ├── StorageError               the file system failed us
+    │   ├── StorageFullError       no space left (ENOSPC / EDQUOT)
+    │   ├── StoragePermissionError the OS refused access to a path
+    │   ├── CorruptionError        stored bytes fail a checksum or an invariant
+    │   └── LogPoisonedError       an fsync failed; the writer refuses work until reopened
+    └── InternalError              an invariant of udrflow itself broke (a bug: report it)
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+__all__ = [
+    "UdrflowError",
+    "UsageError",
+    "InvalidPayloadError",
+    "InvalidNameError",
+    "InvalidOptionError",
+    "DatabaseNotFoundError",
+    "DatabaseLockedError",
+    "DatabaseClosedError",
+    "ReadOnlyError",
+    "VersionNotFoundError",
+    "StorageError",
+    "StorageFullError",
+    "StoragePermissionError",
+    "CorruptionError",
+    "LogPoisonedError",
+    "InternalError",
+]
+
+
+class UdrflowError(Exception):
+    """Root of every error udrflow raises on purpose."""
+
+
+class UsageError(UdrflowError):
+    """The caller asked for something invalid; nothing was changed."""
+
+
+class InvalidPayloadError(UsageError):
+    """A commit payload of the wrong type or size; rejected before anything was written."""
+
+
+class InvalidNameError(UsageError):
+    """A table, branch or view name that breaks a naming rule (the message names it)."""
+
+
+class InvalidOptionError(UsageError):
+    """An option outside its allowed values (the message lists them)."""
+
+
+class DatabaseNotFoundError(UdrflowError):
+    """There is no udrflow database at the path given (and it was not to be created)."""
+
+
+class DatabaseLockedError(UdrflowError):
+    """Another process holds the database's writer lock. Open read-only, or close the other writer."""
+
+
+class DatabaseClosedError(UdrflowError):
+    """The database or log was closed by its owner; open it again to continue."""
+
+
+class ReadOnlyError(UdrflowError):
+    """A write was attempted through a read-only handle."""
+
+
+class VersionNotFoundError(UdrflowError):
+    """A version below ``since`` (compacted away) or at/above ``upper`` (not yet written)."""
+
+
+class StorageError(UdrflowError):
+    """The file system failed an operation; ``path`` names the file involved."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StorageFullError(StorageError):
+    """No space left on the device holding ``path``. Nothing unacknowledged was kept."""
+
+
+class StoragePermissionError(StorageError):
+    """The OS refused access to ``path`` (permissions or a read-only file system)."""
+
+
+class CorruptionError(StorageError):
+    """Stored bytes fail a checksum or a structural invariant; never skipped silently."""
+
+    def __init__(self, message: str, path: str | None = None, offset: int | None = None,
+                 version: int | None = None) -> None:
+        super().__init__(message, path)
+        self.offset = offset
+        self.version = version
+
+
+class LogPoisonedError(StorageError):
+    """An fsync (or a write that could not be undone) failed. After a failed fsync the
+    kernel may have dropped the dirty pages, so retrying could report success for data
+    that is gone: the writer refuses all further work until the database is reopened,
+    and recovery then decides from what is really on disk."""
+
+
+class InternalError(UdrflowError):
+    """An invariant of udrflow itself does not hold. This is a bug; please report it."""
+
+
+def storage_error_from_os(exc: OSError, action: str, path: str) -> StorageError:
+    """Translate an ``OSError`` from ``action`` on ``path`` into the matching StorageError."""
+    code = exc.errno
+    detail = exc.strerror or str(exc)
+    if code in (_errno.ENOSPC, _errno.EDQUOT):
+        return StorageFullError(f"no space left to {action} {path}: {detail}", path)
+    if code in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+        return StoragePermissionError(f"permission denied to {action} {path}: {detail}", path)
+    return StorageError(f"failed to {action} {path}: {detail} (errno {code})", path)
+
+
+def require(condition: bool, message: str) -> None:
+    """Check an internal invariant. Unlike ``assert`` it survives ``python -O``."""
+    if not condition:
+        raise InternalError(message)

@@ -1,0 +1,76 @@
+"""The HEAD file: where the writer tells other processes how far the log is visible.
+
+After each epoch the writer overwrites ``HEAD`` in place with (version, segment, end
+offset) and a checksum. It is a hint, not a source of truth: it is never fsynced, and
+recovery ignores it. Readers in other processes use it for two things: to know how far
+they may read without meeting a frame that is still being written, and (its change
+wakes them) to follow the tail. A torn read of HEAD fails its checksum and is retried.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from udrflow._ext._crc32c import crc32c
+from udrflow._fileio import FileIO
+
+HEAD_NAME = "HEAD"
+_MAGIC = b"UDRH"
+_BODY = struct.Struct("<4sIQQQ")  # magic, format, version, segment first version, end offset
+HEAD_BYTES = _BODY.size + 4
+
+
+@dataclass(frozen=True)
+class Head:
+    version: int
+    segment_first_version: int
+    end_offset: int
+
+
+def encode_head(head: Head) -> bytes:
+    body = _BODY.pack(_MAGIC, 1, head.version, head.segment_first_version, head.end_offset)
+    return body + struct.pack("<I", crc32c(body))
+
+
+def decode_head(data: bytes) -> Head | None:
+    if len(data) < HEAD_BYTES:
+        return None
+    body = data[: _BODY.size]
+    if struct.unpack_from("<I", data, _BODY.size)[0] != crc32c(body):
+        return None
+    magic, fmt, version, seg, end = _BODY.unpack(body)
+    if magic != _MAGIC or fmt != 1:
+        return None
+    return Head(version, seg, end)
+
+
+class HeadWriter:
+    def __init__(self, io: FileIO, directory: str) -> None:
+        self._io = io
+        self.path = os.path.join(directory, HEAD_NAME)
+        self._fd = io.open(self.path, os.O_RDWR | os.O_CREAT)
+
+    def publish(self, head: Head) -> None:
+        self._io.pwritev(self._fd, [encode_head(head)], 0)
+
+    def close(self) -> None:
+        self._io.close(self._fd)
+
+
+def read_head(directory: str, attempts: int = 5) -> Head | None:
+    """The last HEAD the writer published, or None if there is none (or it stays torn)."""
+    path = os.path.join(directory, HEAD_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        for _ in range(attempts):
+            head = decode_head(os.pread(fd, HEAD_BYTES, 0))
+            if head is not None:
+                return head
+        return None
+    finally:
+        os.close(fd)

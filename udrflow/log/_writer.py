@@ -1,0 +1,394 @@
+"""Group commit: many committing threads, one write and one fdatasync per epoch.
+
+A committer encodes nothing itself: it validates its payloads, takes the next versions
+and a timestamp under the lock, queues a ticket, and waits. Whichever waiting committer
+finds no epoch in flight becomes the leader: it takes the queued tickets (up to
+EPOCH_BYTES_MAX), releases the lock, encodes them all in one Cython call per ticket,
+writes them with one ``pwritev``, fdatasyncs once, and then, under the lock again,
+indexes the frames, raises the visible version and wakes everyone. Tickets queued
+meanwhile form the next epoch. With one thread this is write + fdatasync and nothing
+else; with many, the fdatasync is shared.
+
+Failure policy (each tested in tests/test_log_faults.py):
+- A failed fdatasync poisons the writer: the kernel may have dropped the dirty pages and
+  cleared the error, so a retry could "succeed" over lost data (the fsyncgate lesson).
+  Every waiting and later commit raises LogPoisonedError until the database is reopened.
+- A failed write (ENOSPC, EDQUOT, EIO, ...) inside the epoch's first segment is undone by
+  truncating back to the epoch's start; the epoch's commits and every commit queued behind
+  them (whose versions follow theirs) fail with the translated StorageError, and the writer
+  stays usable. If the undo itself fails, or the epoch had already sealed a segment, the
+  writer is poisoned.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import threading
+from collections import deque
+
+from udrflow._clock import Clock
+from udrflow._ext import _frame
+from udrflow._fileio import FileIO
+from udrflow._limits import EPOCH_BYTES_MAX, PENDING_BYTES_MAX, SEGMENT_HEADER_BYTES
+from udrflow.errors import (
+    DatabaseClosedError,
+    LogPoisonedError,
+    StorageError,
+    require,
+    storage_error_from_os,
+)
+from udrflow.log._head import Head, HeadWriter
+from udrflow.log._segment import Segment, create_segment
+
+_OVERHEAD = _frame.FRAME_OVERHEAD_BYTES
+
+
+class Durability:
+    """When a commit is acknowledged. Allowed values of ``durability=``:
+
+    - ``"sync"`` (default): after its epoch is fdatasynced. A crash of the process or the
+      machine never loses an acknowledged commit.
+    - ``"interval"``: after its epoch is written; a background thread fdatasyncs every
+      ``fsync_interval_ms``. A process crash loses nothing; a machine crash may lose the
+      last interval.
+    - ``"none"``: after its epoch is written; fdatasync only when a segment is sealed and
+      at close. A machine crash may lose everything since the last seal.
+    """
+
+    SYNC = "sync"
+    INTERVAL = "interval"
+    NONE = "none"
+    ALL = (SYNC, INTERVAL, NONE)
+
+
+class _Ticket:
+    __slots__ = ("bodies", "version_first", "timestamp_us", "nbytes", "done", "error")
+
+    def __init__(self, bodies: list[bytes], version_first: int, timestamp_us: int, nbytes: int) -> None:
+        self.bodies = bodies
+        self.version_first = version_first
+        self.timestamp_us = timestamp_us
+        self.nbytes = nbytes
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _EpochFailed(Exception):
+    """Internal: why an epoch failed and whether the writer survives it."""
+
+    def __init__(self, error: StorageError, poison: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.poison = poison
+
+
+class LogWriter:
+    """Appends commits to the newest segment of a log directory. Owned by an EpochLog."""
+
+    def __init__(self, log, io: FileIO, durability: str, fsync_interval_ms: int,
+                 segment_size_bytes: int, clock: Clock) -> None:
+        self._log = log
+        self._io = io
+        self._cond: threading.Condition = log._cond
+        self._durability = durability
+        self._segment_size_bytes = segment_size_bytes
+        self._clock = clock
+        self._pending: deque[_Ticket] = deque()
+        self._pending_bytes = 0
+        self._next_version = log._visible_version + 1
+        last = log._segments[-1]
+        self._last_timestamp_us = last.timestamps[-1] if last.count else 0
+        self._flushing = False
+        self._closed = False
+        self._poisoned: LogPoisonedError | None = None
+        # The active segment, its fd and where the next byte goes. Only the leader of
+        # the epoch in flight (or close/the interval syncer, under _io_lock) touches them.
+        self._io_lock = threading.Lock()
+        self._segment = last
+        self._write_offset = last.end_offset
+        self._fd = self._open_segment(last.path)
+        self._unsynced = False
+        self._head = HeadWriter(io, log.directory)
+        self._head_ok = True
+        self._publish_head(log._visible_version, last)
+        self._syncer_stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if durability == Durability.INTERVAL:
+            self._syncer = threading.Thread(target=self._sync_periodically, args=(fsync_interval_ms / 1000,),
+                                            name="udrflow-fsync", daemon=True)
+            self._syncer.start()
+
+    # ---- committing -------------------------------------------------------------
+
+    def append(self, bodies: list[bytes], nbytes: int) -> int:
+        """Commit each body as one version; return the first version once acknowledged."""
+        ticket = self._enqueue(bodies, nbytes)
+        self._await(ticket)
+        return ticket.version_first
+
+    def _enqueue(self, bodies: list[bytes], nbytes: int) -> _Ticket:
+        nbytes += _OVERHEAD * len(bodies)
+        with self._cond:
+            self._check_usable()
+            # Back-pressure: a burst of committers waits here instead of queueing without bound.
+            while self._pending and self._pending_bytes + nbytes > PENDING_BYTES_MAX:
+                self._cond.wait()
+                self._check_usable()
+            now = self._clock.now_us()
+            if now < self._last_timestamp_us:
+                now = self._last_timestamp_us  # commit timestamps never go backwards
+            self._last_timestamp_us = now
+            ticket = _Ticket(bodies, self._next_version, now, nbytes)
+            self._next_version += len(bodies)
+            self._pending.append(ticket)
+            self._pending_bytes += nbytes
+            return ticket
+
+    def _await(self, ticket: _Ticket) -> None:
+        cond = self._cond
+        with cond:
+            while not ticket.done:
+                if self._flushing:
+                    cond.wait()
+                    continue
+                batch = self._take_epoch()
+                self._flushing = True
+                cond.release()
+                failure: _EpochFailed | None = None
+                result = None
+                try:
+                    result = self._write_epoch(batch)
+                except _EpochFailed as exc:
+                    failure = exc
+                except BaseException as exc:  # a bug or KeyboardInterrupt mid-epoch: stop writing
+                    err = LogPoisonedError(f"the log writer stopped after an unexpected error: {exc!r}",
+                                           self._log.directory)
+                    err.__cause__ = exc
+                    failure = _EpochFailed(err, poison=True)
+                finally:
+                    cond.acquire()
+                    self._flushing = False
+                if failure is None:
+                    self._complete(batch, result)
+                else:
+                    self._fail(batch, failure)
+                cond.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _take_epoch(self) -> list[_Ticket]:
+        batch = [self._pending.popleft()]
+        size = batch[0].nbytes
+        while self._pending and size + self._pending[0].nbytes <= EPOCH_BYTES_MAX:
+            ticket = self._pending.popleft()
+            size += ticket.nbytes
+            batch.append(ticket)
+        self._pending_bytes -= size
+        return batch
+
+    def _write_epoch(self, batch: list[_Ticket]):
+        """Encode, write and (in sync mode) fdatasync one epoch. Runs without the lock."""
+        with self._io_lock:
+            segment, fd = self._segment, self._fd
+            epoch_start = self._write_offset
+            pos = epoch_start
+            buffers: list[bytes] = []
+            updates: list[tuple[Segment, array.array, array.array, int]] = []
+            seg_offsets = array.array("Q")
+            seg_stamps = array.array("q")
+            sealed_any = False
+            for ticket in batch:
+                bodies, start, n = ticket.bodies, 0, len(ticket.bodies)
+                while start < n:
+                    budget = self._segment_size_bytes - pos
+                    data, offsets, count = _frame.encode_frames(
+                        bodies, start, ticket.version_first + start, ticket.timestamp_us, pos, budget)
+                    if count == 0:
+                        # The segment is full: seal it (write + fdatasync what it holds) and roll.
+                        require(pos > SEGMENT_HEADER_BYTES, "a body larger than an empty segment passed validation")
+                        self._write(segment, fd, buffers, pos - sum(map(len, buffers)), epoch_start, sealed_any)
+                        self._sync(segment, fd)
+                        updates.append((segment, seg_offsets, seg_stamps, pos))
+                        segment, fd = self._roll(ticket.version_first + start)
+                        sealed_any = True
+                        pos = SEGMENT_HEADER_BYTES
+                        buffers, seg_offsets, seg_stamps = [], array.array("Q"), array.array("q")
+                        continue
+                    buffers.append(data)
+                    seg_offsets.extend(offsets)
+                    seg_stamps.extend(array.array("q", [ticket.timestamp_us]) * count)
+                    pos += len(data)
+                    start += count
+            self._write(segment, fd, buffers, pos - sum(map(len, buffers)), epoch_start, sealed_any)
+            if self._durability == Durability.SYNC:
+                self._sync(segment, fd)
+            else:
+                self._unsynced = True
+            updates.append((segment, seg_offsets, seg_stamps, pos))
+            self._write_offset = pos
+            self._publish_head(batch[-1].version_first + len(batch[-1].bodies) - 1, segment, pos)
+            return updates
+
+    def _write(self, segment: Segment, fd: int, buffers: list[bytes], offset: int,
+               epoch_start: int, sealed_any: bool) -> None:
+        try:
+            self._io.pwritev(fd, buffers, offset)
+        except OSError as exc:
+            error = storage_error_from_os(exc, "append to the log segment", segment.path)
+            error.__cause__ = exc
+            if sealed_any:  # part of this epoch is already in a sealed segment: cannot undo
+                raise _EpochFailed(self._poison_error("a write failed after a segment was sealed", exc), True) from exc
+            try:
+                self._io.ftruncate(fd, epoch_start)
+            except OSError as undo_exc:
+                raise _EpochFailed(self._poison_error("a failed write could not be undone", undo_exc), True) from exc
+            raise _EpochFailed(error, poison=False) from exc
+
+    def _sync(self, segment: Segment, fd: int) -> None:
+        try:
+            self._io.fdatasync(fd)
+        except OSError as exc:
+            raise _EpochFailed(self._poison_error(f"fdatasync of {segment.path} failed", exc), True) from exc
+
+    def _roll(self, first_version: int) -> tuple[Segment, int]:
+        try:
+            path = create_segment(self._io, self._log.directory, first_version)
+            fd = self._open_segment(path)
+        except OSError as exc:
+            raise _EpochFailed(self._poison_error("could not create the next segment", exc), True) from exc
+        self._io.close(self._fd)
+        self._segment, self._fd = Segment(path, first_version), fd
+        return self._segment, fd
+
+    def _open_segment(self, path: str) -> int:
+        try:
+            return self._io.open(path, os.O_WRONLY)
+        except OSError as exc:
+            raise storage_error_from_os(exc, "open the log segment for writing", path) from exc
+
+    def _poison_error(self, what: str, exc: OSError) -> LogPoisonedError:
+        err = LogPoisonedError(
+            f"the log writer of {self._log.directory} is poisoned: {what} ({exc.strerror or exc}); "
+            f"no commit is acknowledged after this. Reopen the database to recover from what is on disk.",
+            self._log.directory)
+        err.__cause__ = exc
+        return err
+
+    def _publish_head(self, version: int, segment: Segment, end_offset: int | None = None) -> None:
+        # HEAD is a hint for readers in other processes; the commits are already durable,
+        # so a failure here must not fail them. Readers without HEAD scan to end of file.
+        if not self._head_ok:
+            return
+        try:
+            self._head.publish(Head(version, segment.first_version,
+                                    segment.end_offset if end_offset is None else end_offset))
+        except OSError:
+            self._head_ok = False
+
+    def _complete(self, batch: list[_Ticket], updates) -> None:
+        """Index the epoch's frames and make its commits visible. Holds the lock."""
+        log = self._log
+        for segment, offsets, stamps, end in updates:
+            if segment is not log._segments[-1]:
+                require(segment.first_version == log._segments[-1].last_version + 1,
+                        "a new segment must start right after the previous one")
+                log._segments.append(segment)
+            segment.offsets.extend(offsets)
+            segment.timestamps.extend(stamps)
+            segment.end_offset = end
+        last = batch[-1]
+        visible = last.version_first + len(last.bodies) - 1
+        require(visible == log._segments[-1].last_version,
+                f"index ends at {log._segments[-1].last_version}, epoch ends at {visible}")
+        log._visible_version = visible
+        for ticket in batch:
+            ticket.done = True
+            ticket.bodies = None  # let the payloads go now, not when the caller drops the ticket
+
+    def _fail(self, batch: list[_Ticket], failure: _EpochFailed) -> None:
+        """Fail the epoch's tickets and everything queued behind them. Holds the lock."""
+        if failure.poison:
+            self._poisoned = failure.error
+        failed = list(batch) + list(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._next_version = self._log._visible_version + 1
+        for ticket in failed:
+            err = type(failure.error)(str(failure.error), failure.error.path)
+            err.__cause__ = failure.error.__cause__
+            ticket.error = err
+            ticket.done = True
+            ticket.bodies = None
+
+    def _check_usable(self) -> None:
+        if self._poisoned is not None:
+            err = LogPoisonedError(str(self._poisoned), self._poisoned.path)
+            err.__cause__ = self._poisoned.__cause__
+            raise err
+        if self._closed:
+            raise DatabaseClosedError(f"the log of {self._log.directory} is closed")
+
+    @property
+    def poisoned(self) -> bool:
+        return self._poisoned is not None
+
+    # ---- background sync and close ----------------------------------------------
+
+    def _sync_periodically(self, interval_s: float) -> None:
+        while not self._syncer_stop.wait(interval_s):
+            with self._io_lock:
+                if not self._unsynced or self._poisoned is not None:
+                    continue
+                try:
+                    self._io.fdatasync(self._fd)
+                    self._unsynced = False
+                except OSError as exc:
+                    with self._cond:
+                        self._poisoned = self._poison_error("the interval fdatasync failed", exc)
+                        self._cond.notify_all()
+                    return
+
+    def close(self) -> None:
+        """Wait for queued commits, make everything written durable, release the files."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            while self._flushing or self._pending:
+                if not self._flushing:
+                    # Nobody is left to lead the queued commits' epoch (their threads are
+                    # gone): lead it here so close never strands them.
+                    ticket = self._pending[-1]
+                    self._cond.release()
+                    try:
+                        try:
+                            self._await(ticket)
+                        except StorageError:
+                            pass
+                    finally:
+                        self._cond.acquire()
+                else:
+                    self._cond.wait()
+        self._syncer_stop.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        with self._io_lock:
+            try:
+                if self._unsynced and self._poisoned is None:
+                    self._io.fdatasync(self._fd)
+                    self._unsynced = False
+            except OSError as exc:
+                raise self._poison_error("the fdatasync at close failed", exc) from exc
+            finally:
+                self._io.close(self._fd)
+                self._head.close()
+
+
+def check_durability(durability: str) -> str:
+    from udrflow.errors import InvalidOptionError
+
+    if durability not in Durability.ALL:
+        raise InvalidOptionError(f"durability must be one of {', '.join(map(repr, Durability.ALL))}: got {durability!r}")
+    return durability
+
