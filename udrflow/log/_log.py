@@ -341,7 +341,11 @@ class EpochLog:
             if stop is not None:
                 slice_s = _STOP_WAIT_SLICE_S if slice_s is None else min(slice_s, _STOP_WAIT_SLICE_S)
             started = time.monotonic()
-            if not self.wait_for(next_version, slice_s):
+            try:
+                arrived = self.wait_for(next_version, slice_s)
+            except DatabaseClosedError:
+                return  # closing the log ends its followers
+            if not arrived:
                 if idle_timeout_s is not None and time.monotonic() - started >= idle_timeout_s:
                     return
 

@@ -383,6 +383,10 @@ class LogWriter:
             finally:
                 self._io.close(self._fd)
                 self._head.close()
+        if self._poisoned is not None and self._durability != Durability.SYNC:
+            # Commits were acknowledged before their fsync, and an fsync failed: close is
+            # the last chance to tell the owner that some of them may not be durable.
+            self._check_usable()
 
 
 def check_durability(durability: str) -> str:

@@ -1,0 +1,34 @@
+"""Hostile table, branch and view names are rejected with the rule they break; ordinary
+names pass."""
+
+import pytest
+
+import udrflow
+from udrflow._names import NAME_BYTES_MAX, check_name
+from udrflow.errors import InvalidNameError
+
+HOSTILE = [
+    ("../etc", "path separators"), ("a/b", "path separators"), ("a\\b", "path separators"),
+    ("..", "path separators"), (".", "path separators"), ("x..y", "path separators"),
+    ("", "must not be empty"), ("tab\there", "control characters"), ("nul\x00", "control characters"),
+    ("new\nline", "control characters"), ("x" * (NAME_BYTES_MAX + 1), f"at most {NAME_BYTES_MAX} bytes"),
+    ("-dash", "must start with a letter"), ("sp ace", "only letters"), ("é" * 70, "at most"),
+    (None, "must be a str"), (3, "must be a str"),
+]
+
+
+@pytest.mark.parametrize("name,rule", HOSTILE)
+def test_hostile_names_are_rejected(name, rule):
+    with pytest.raises(InvalidNameError, match=rule):
+        check_name(name, "branch")
+
+
+@pytest.mark.parametrize("name", ["orders", "_tmp", "Orders_2024", "dev-1", "v1.2"])
+def test_ordinary_names_pass(name):
+    assert check_name(name, "table") == name
+
+
+def test_open_refuses_a_hostile_branch(tmp_path):
+    with pytest.raises(InvalidNameError, match="branch name"):
+        udrflow.open(tmp_path / "db", branch="../../x")
+    assert not (tmp_path / "x").exists()
