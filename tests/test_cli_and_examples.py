@@ -38,10 +38,11 @@ def test_init_log_verify(tmp_path):
 def test_verify_reports_corruption_with_file_and_offset(tmp_path):
     db = str(tmp_path / "shop.udr")
     with udrflow.open(db) as handle:
-        handle.log.append_batch([b"x" * 100] * 5)
+        for _ in range(5):  # five durable commits: damage to the first is inside the log, not a torn tail
+            handle.log.append(b"x" * 100)
         seg = handle.log.segment_paths[0]
     data = bytearray(pathlib.Path(seg).read_bytes())
-    data[32 + 30] ^= 0x01  # inside the first frame's payload; valid frames follow it
+    data[32 + 40] ^= 0x01  # inside the first frame's body; durable frames follow it
     pathlib.Path(seg).write_bytes(bytes(data))
     proc = run("verify", "--db", db, check=False)
     assert proc.returncode == 1

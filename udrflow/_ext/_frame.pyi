@@ -4,6 +4,7 @@ from collections.abc import Buffer
 FRAME_HEADER_BYTES: int
 COMMIT_HEADER_BYTES: int
 FRAME_OVERHEAD_BYTES: int
+UNSYNCED_INDEX_MAX: int
 STOP_END: int
 STOP_HEADER_PARTIAL: int
 STOP_LENGTH_BAD: int
@@ -20,7 +21,13 @@ class LogRecord:
 
 def validate_bodies(bodies: list[bytes], body_bytes_max: int) -> int: ...
 def encode_frames(
-    bodies: list[bytes], start: int, first_version: int, timestamp_us: int, base_offset: int, budget_bytes: int
+    bodies: list[bytes],
+    start: int,
+    first_version: int,
+    timestamp_us: int,
+    base_offset: int,
+    budget_bytes: int,
+    unsynced_index: int = 0,
 ) -> tuple[bytes, array.array[int], int]: ...
 def scan_frames(
     buf: Buffer, start: int, expected_version: int, length_max: int, base_offset: int = 0

@@ -4,8 +4,13 @@
 A frame is ``[u32 length][u32 crc32c][payload]`` (little-endian), where ``length`` counts
 the payload bytes and ``crc32c`` covers the four length bytes followed by the payload,
 so a flipped length is caught like a flipped payload byte. The payload starts with the
-commit header the log itself needs, ``[u64 version][i64 timestamp_us]``, followed by the
-body the layers above own (opaque here).
+commit header the log itself needs, ``[u64 version][i64 timestamp_us][u32 unsynced_index]``,
+followed by the body the layers above own (opaque here).
+
+``unsynced_index`` counts the commits the writer had written since its last successful
+fdatasync when it wrote this one: ``version - unsynced_index`` is the first version of
+the run of frames that were on their way to disk together. Recovery uses it to tell a
+torn unsynced run (pages may reach the disk out of order) from damage to durable frames.
 
 Everything here works on a whole buffer at once (a batch of bodies, a segment's bytes):
 one Python call per epoch or per scan, never one per frame.
@@ -21,8 +26,9 @@ import array as _pyarray
 udr_crc32c_init()
 
 FRAME_HEADER_BYTES = 8
-COMMIT_HEADER_BYTES = 16
-FRAME_OVERHEAD_BYTES = 24
+COMMIT_HEADER_BYTES = 20
+FRAME_OVERHEAD_BYTES = 28
+UNSYNCED_INDEX_MAX = 0xFFFFFFFF
 
 # Why a scan stopped. The recovery decision table (udrflow/log/_recovery.py) maps each
 # of these, with where it happened, to exactly one action.
@@ -108,17 +114,18 @@ def validate_bodies(list bodies, Py_ssize_t body_bytes_max):
 
 
 def encode_frames(list bodies, Py_ssize_t start, uint64_t first_version, int64_t timestamp_us,
-                  uint64_t base_offset, Py_ssize_t budget_bytes):
+                  uint64_t base_offset, Py_ssize_t budget_bytes, uint64_t unsynced_index=0):
     """Encode ``bodies[start:]`` as consecutive frames, as many as fit in ``budget_bytes``.
 
-    Frame ``i`` gets version ``first_version + i``. Returns ``(data, offsets, count)``:
+    Frame ``i`` gets version ``first_version + i`` and unsynced index ``unsynced_index + i``
+    (saturating at UNSYNCED_INDEX_MAX). Returns ``(data, offsets, count)``:
     the frames as one ``bytes``, the absolute file offset of each frame (``base_offset``
     plus its position in ``data``) as ``array('Q')``, and how many bodies were encoded
     (0 when not even the first one fits). Bodies must have passed ``validate_bodies``.
     """
     cdef Py_ssize_t n = len(bodies), i, count = 0, total = 0, size
     for i in range(start, n):
-        size = PyBytes_GET_SIZE(bodies[i]) + 24
+        size = PyBytes_GET_SIZE(bodies[i]) + 28
         if total + size > budget_bytes:
             break
         total += size
@@ -128,22 +135,25 @@ def encode_frames(list bodies, Py_ssize_t start, uint64_t first_version, int64_t
     cdef unsigned char *p = <unsigned char *> PyBytes_AS_STRING(out)
     cdef uint64_t *offs = offsets.data.as_ulonglongs
     cdef Py_ssize_t pos = 0
-    cdef uint32_t length, crc
-    cdef uint64_t version
+    cdef uint32_t length, crc, unsynced
+    cdef uint64_t version, u
     cdef object body
     for i in range(count):
         body = bodies[start + i]
         size = PyBytes_GET_SIZE(body)
-        length = <uint32_t>(size + 16)
+        length = <uint32_t>(size + 20)
         version = first_version + i
+        u = unsynced_index + i
+        unsynced = <uint32_t>(u if u < UNSYNCED_INDEX_MAX else UNSYNCED_INDEX_MAX)
         offs[i] = base_offset + pos
         memcpy(p + pos, &length, 4)
         memcpy(p + pos + 8, &version, 8)
         memcpy(p + pos + 16, &timestamp_us, 8)
-        memcpy(p + pos + 24, PyBytes_AS_STRING(body), size)
+        memcpy(p + pos + 24, &unsynced, 4)
+        memcpy(p + pos + 28, PyBytes_AS_STRING(body), size)
         crc = _frame_crc(p + pos, length)
         memcpy(p + pos + 4, &crc, 4)
-        pos += size + 24
+        pos += size + 28
     return out, offsets, count
 
 
@@ -176,7 +186,7 @@ def scan_frames(const unsigned char[::1] buf, Py_ssize_t start, uint64_t expecte
             status = S_HEADER_PARTIAL
             break
         length = _ld32(p + pos)
-        if length < 16 or length > length_max:
+        if length < 20 or length > length_max:
             status = S_LENGTH_BAD
             break
         if <Py_ssize_t>length > n - pos - 8:
@@ -210,10 +220,13 @@ def scan_frames(const unsigned char[::1] buf, Py_ssize_t start, uint64_t expecte
 def find_valid_frame(const unsigned char[::1] buf, Py_ssize_t start, uint64_t version_min,
                      uint32_t length_max):
     """Return the index of the first whole, checksum-valid frame at or after ``start``
-    whose version is at least ``version_min``, or -1 if there is none.
+    that was written after frames up to ``version_min`` were durable (its unsynced run
+    starts above ``version_min``), or -1 if there is none.
 
-    Recovery uses this to tell a torn tail (nothing valid follows the bad bytes) from a
-    bad frame in the middle of the log (committed frames follow it).
+    Recovery uses this to tell a torn tail from damage inside the log: a bad frame at
+    version x followed only by frames of the same unsynced run is a torn write (the disk
+    may keep a later page of a run and lose an earlier one); a frame whose run began
+    after x proves x had been made durable, so damage at x is corruption.
     """
     cdef Py_ssize_t n = buf.shape[0], pos, found = -1
     cdef uint32_t length
@@ -224,7 +237,9 @@ def find_valid_frame(const unsigned char[::1] buf, Py_ssize_t start, uint64_t ve
     with nogil:
         for pos in range(start, n - 23):
             length = _ld32(p + pos)
-            if length < 16 or length > length_max or <Py_ssize_t>length > n - pos - 8:
+            if length < 20 or length > length_max or <Py_ssize_t>length > n - pos - 8:
+                continue
+            if _ld64(p + pos + 8) - <uint64_t>_ld32(p + pos + 24) <= version_min:
                 continue
             if _ld64(p + pos + 8) < version_min:
                 continue
@@ -263,8 +278,8 @@ def decode_frames(const unsigned char[::1] buf, uint64_t expected_version, Py_ss
             status = S_HEADER_PARTIAL
             break
         length = _ld32(p + pos)
-        if length < 16 or <Py_ssize_t>length > n - pos - 8:
-            status = S_PAYLOAD_PARTIAL if length >= 16 else S_LENGTH_BAD
+        if length < 20 or <Py_ssize_t>length > n - pos - 8:
+            status = S_PAYLOAD_PARTIAL if length >= 20 else S_LENGTH_BAD
             break
         if _frame_crc(p + pos, length) != _ld32(p + pos + 4):
             status = S_CHECKSUM_BAD
@@ -275,7 +290,7 @@ def decode_frames(const unsigned char[::1] buf, uint64_t expected_version, Py_ss
             break
         stamp = <int64_t>_ld64(p + pos + 16)
         records.append(LogRecord(version, stamp,
-                                 PyBytes_FromStringAndSize(<const char *>(p + pos + 24), length - 16)))
+                                 PyBytes_FromStringAndSize(<const char *>(p + pos + 28), length - 20)))
         count += 1
         expected_version += 1
         pos += 8 + length

@@ -54,6 +54,20 @@ from udrflow.log._writer import Durability, LogWriter, check_durability
 _STOP_WAIT_SLICE_S = 0.05  # how often a follower with a stop event looks at it
 
 
+class PendingCommit:
+    """A queued commit: its ``version`` is fixed; ``wait()`` returns it once durable."""
+
+    __slots__ = ("_writer", "_ticket", "version")
+
+    def __init__(self, writer: LogWriter, ticket) -> None:
+        self._writer = writer
+        self._ticket = ticket
+        self.version: int = ticket.version_first
+
+    def wait(self) -> int:
+        return self._writer.wait(self._ticket)
+
+
 class EpochLog:
     """One log directory. Open it with :meth:`EpochLog.open`.
 
@@ -106,7 +120,11 @@ class EpochLog:
             if not os.path.isdir(directory):
                 raise DatabaseNotFoundError(f"no log at {directory}: the directory does not exist")
             log = cls(directory, Recovered([], []), readonly=True)
-            log.refresh()
+            try:
+                log.refresh()
+            except BaseException:
+                log.close()  # release the segment files it opened before failing
+                raise
             return log
         try:
             make_dirs_durably(io, directory)
@@ -120,8 +138,12 @@ class EpochLog:
                 raise storage_error_from_os(exc, "create the first segment in", directory) from exc
             recovered.segments.append(Segment(path, 1))
         log = cls(directory, recovered, readonly=False)
-        log._writer = LogWriter(log, io, durability, fsync_interval_ms, segment_size_bytes,
-                                clock or SystemClock())
+        try:
+            log._writer = LogWriter(log, io, durability, fsync_interval_ms, segment_size_bytes,
+                                    clock or SystemClock())
+        except BaseException:
+            log.close()
+            raise
         return log
 
     # ---- state -------------------------------------------------------------------
@@ -179,6 +201,21 @@ class EpochLog:
             return range(self._visible_version + 1, self._visible_version + 1)
         first = self._require_writer().append(bodies, total)
         return range(first, first + len(bodies))
+
+    @property
+    def failures(self) -> int:
+        """How many epochs failed since open (see ``submit(failures_seen=...)``)."""
+        return self._writer.failures if self._writer else 0
+
+    def submit(self, payload: bytes | bytearray | memoryview, *, failures_seen: int | None = None) -> PendingCommit:
+        """Queue one commit and return at once with its version fixed; ``.wait()`` blocks
+        until it is acknowledged (or raises why it failed).
+
+        For callers that must decide a commit's version under their own lock (the
+        transaction manager) but should not hold that lock through the fsync."""
+        body = self._check_payload(payload, "commit payload")
+        writer = self._require_writer()
+        return PendingCommit(writer, writer.submit([body], len(body), failures_seen))
 
     @staticmethod
     def _check_payload(payload, where: str) -> bytes:
@@ -386,6 +423,13 @@ class EpochLog:
                     self._visible_version = segment.last_version
                 if not sealed:
                     break
+                if segment.count == 0:
+                    # The writer seals a segment only once it holds a frame; an empty sealed
+                    # segment means its frames were lost (and the next name would be its own).
+                    raise CorruptionError(
+                        f"sealed segment {os.path.basename(segment.path)} holds no frames: expected at least one "
+                        f"before the next segment [recovery case 'segment_gap'; file {segment.path}]",
+                        segment.path, SEGMENT_HEADER_BYTES, segment.first_version)
                 next_path = os.path.join(self.directory, segment_name(segment.last_version + 1))
                 if not os.path.exists(next_path):
                     raise CorruptionError(
@@ -400,9 +444,13 @@ class EpochLog:
         segment = Segment(path, first_version)
         try:
             header = os.pread(segment.read_fd(), SEGMENT_HEADER_BYTES, 0)
+            check_segment_header(header, path, first_version)
         except OSError as exc:
+            segment.close()
             raise storage_error_from_os(exc, "read the log segment", path) from exc
-        check_segment_header(header, path, first_version)
+        except BaseException:
+            segment.close()
+            raise
         return segment
 
     def _later_segment_exists(self, segment: Segment) -> bool:

@@ -3,19 +3,22 @@
 The decision table below is the whole policy. Each row is one situation, described by
 three facts (what the scanner found at a position, whether the segment is the last
 one, and whether a valid frame follows the position) and maps to exactly one action.
-tests/test_recovery.py builds each row's situation on disk and checks that opening the
+tests/test_recovery_table.py builds each row's situation on disk and checks that opening the
 log takes that row's action, and that no situation matches two rows.
 
 The two ways a crash can damage the log are both at the tail of the last segment: a
 write the kernel only partly made (a SIGKILL mid-``pwritev`` leaves a prefix), and, on
-power loss, pages of the last, never-acknowledged epoch that did not reach the disk.
-Neither can be followed by a valid frame, because nothing is written after an epoch
-until it is on disk. So a bad frame with a valid frame after it is damage inside the
-log, and we refuse to open rather than skip it.
+power loss, pages of the last unsynced run of frames that did not reach the disk (in any
+order: a later page may survive an earlier one). Every frame records its index in the
+run of frames written since the writer's last successful fdatasync, so a valid frame
+*after* a bad spot tells which case we are in: if its run began after the bad spot's
+version, the bad spot had been fsynced before that frame was written, so it is damage
+inside the log and we refuse to open; if it belongs to the same unsynced run, the whole
+run from the bad spot on is a torn write and is truncated.
 
-One limit is named on purpose: a bit flipped in the very last frame of the log looks
-exactly like a torn write, so it is truncated like one. Only a second copy (a replica,
-issue "log over Kafka") can tell those apart.
+One limit is named on purpose: damage to the final run of frames (e.g. a bit flipped in
+the very last frame after its fsync) looks exactly like a torn write, so it is truncated
+like one. Only a second copy (a replica, issue "log over Kafka") can tell those apart.
 """
 
 from __future__ import annotations
@@ -90,17 +93,17 @@ DECISION_TABLE: tuple[Case, ...] = (
     Case("torn_header", _S.HEADER_PARTIAL, True, ANY, _A.TRUNCATE,
          "a crash cut the last frame's header short; it was never acknowledged"),
     Case("torn_length", _S.LENGTH_BAD, True, False, _A.TRUNCATE,
-         "zeroed or garbage bytes with nothing valid after them: pages of an unacknowledged epoch"),
+         "zeroed or garbage bytes followed by no frame written after them was durable: a torn unsynced run"),
     Case("bad_length_mid_log", _S.LENGTH_BAD, True, True, _A.CORRUPT,
-         "an impossible length with a valid frame after it: damage inside the log"),
+         "an impossible length followed by a frame written after it was durable: damage inside the log"),
     Case("torn_payload", _S.PAYLOAD_PARTIAL, True, False, _A.TRUNCATE,
-         "the last frame runs past the end of the file: a write cut short by a crash"),
+         "the frame runs past the end of the file: a write cut short by a crash"),
     Case("bad_payload_length_mid_log", _S.PAYLOAD_PARTIAL, True, True, _A.CORRUPT,
-         "a length that overruns the file, yet a valid frame follows: the length was damaged"),
+         "a length that overruns the file, yet a frame written after it was durable follows: the length was damaged"),
     Case("torn_checksum", _S.CHECKSUM_BAD, True, False, _A.TRUNCATE,
-         "a whole but checksum-bad last frame: pages of an unacknowledged epoch reached disk in part"),
+         "a checksum-bad frame followed only by frames of its own unsynced run: pages reached the disk in part"),
     Case("bad_checksum_mid_log", _S.CHECKSUM_BAD, True, True, _A.CORRUPT,
-         "a checksum-bad frame with a valid frame after it: damage inside the log"),
+         "a checksum-bad frame followed by a frame written after it was durable: damage inside the log"),
     Case("version_out_of_sequence", _S.VERSION_BAD, ANY, ANY, _A.CORRUPT,
          "a valid frame with the wrong version: a frame is missing or repeated"),
     Case("sealed_header_partial", _S.HEADER_PARTIAL, False, ANY, _A.CORRUPT,

@@ -102,6 +102,8 @@ class LogWriter:
         self._flushing = False
         self._closed = False
         self._poisoned: LogPoisonedError | None = None
+        self._failures = 0
+        self._last_failure: StorageError | None = None
         # The active segment, its fd and where the next byte goes. Only the leader of
         # the epoch in flight (or close/the interval syncer, under _io_lock) touches them.
         self._io_lock = threading.Lock()
@@ -109,6 +111,9 @@ class LogWriter:
         self._write_offset = last.end_offset
         self._fd = self._open_segment(last.path)
         self._unsynced = False
+        # Commits written since the last successful fdatasync; stamped into each frame
+        # (see _frame.pyx) so recovery can tell a torn unsynced run from damage.
+        self._unsynced_frames = 0
         self._head = HeadWriter(io, log.directory)
         self._head_ok = True
         self._publish_head(log._visible_version, last)
@@ -127,10 +132,30 @@ class LogWriter:
         self._await(ticket)
         return ticket.version_first
 
-    def _enqueue(self, bodies: list[bytes], nbytes: int) -> _Ticket:
+    def submit(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None) -> _Ticket:
+        """Queue the bodies (their versions are fixed now) without waiting; see ``wait``.
+
+        ``failures_seen``: the value of ``failures`` the caller based this commit on. If an
+        epoch has failed since, the commit may depend on writes that never happened, so
+        it is refused (with that failure's error) before anything is queued."""
+        return self._enqueue(bodies, nbytes, failures_seen)
+
+    @property
+    def failures(self) -> int:
+        """How many epochs have failed since open; each failure discards every queued commit."""
+        return self._failures
+
+    def wait(self, ticket: _Ticket) -> int:
+        """Block until a submitted ticket is acknowledged; raise its error if it failed."""
+        self._await(ticket)
+        return ticket.version_first
+
+    def _enqueue(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None) -> _Ticket:
         nbytes += _OVERHEAD * len(bodies)
         with self._cond:
             self._check_usable()
+            if failures_seen is not None and failures_seen != self._failures:
+                raise self._copy_error(self._last_failure)
             # Back-pressure: a burst of committers waits here instead of queueing without bound.
             while self._pending and self._pending_bytes + nbytes > PENDING_BYTES_MAX:
                 self._cond.wait()
@@ -192,6 +217,7 @@ class LogWriter:
         with self._io_lock:
             segment, fd = self._segment, self._fd
             epoch_start = self._write_offset
+            unsynced_at_start = self._unsynced_frames
             pos = epoch_start
             buffers: list[bytes] = []
             updates: list[tuple[Segment, array.array, array.array, int]] = []
@@ -203,11 +229,13 @@ class LogWriter:
                 while start < n:
                     budget = self._segment_size_bytes - pos
                     data, offsets, count = _frame.encode_frames(
-                        bodies, start, ticket.version_first + start, ticket.timestamp_us, pos, budget)
+                        bodies, start, ticket.version_first + start, ticket.timestamp_us, pos, budget,
+                        self._unsynced_frames)
                     if count == 0:
                         # The segment is full: seal it (write + fdatasync what it holds) and roll.
                         require(pos > SEGMENT_HEADER_BYTES, "a body larger than an empty segment passed validation")
-                        self._write(segment, fd, buffers, pos - sum(map(len, buffers)), epoch_start, sealed_any)
+                        self._write(segment, fd, buffers, pos - sum(map(len, buffers)), epoch_start, sealed_any,
+                                    unsynced_at_start)
                         self._sync(segment, fd)
                         updates.append((segment, seg_offsets, seg_stamps, pos))
                         segment, fd = self._roll(ticket.version_first + start)
@@ -215,12 +243,14 @@ class LogWriter:
                         pos = SEGMENT_HEADER_BYTES
                         buffers, seg_offsets, seg_stamps = [], array.array("Q"), array.array("q")
                         continue
+                    self._unsynced_frames += count
                     buffers.append(data)
                     seg_offsets.extend(offsets)
                     seg_stamps.extend(array.array("q", [ticket.timestamp_us]) * count)
                     pos += len(data)
                     start += count
-            self._write(segment, fd, buffers, pos - sum(map(len, buffers)), epoch_start, sealed_any)
+            self._write(segment, fd, buffers, pos - sum(map(len, buffers)), epoch_start, sealed_any,
+                        unsynced_at_start)
             if self._durability == Durability.SYNC:
                 self._sync(segment, fd)
             else:
@@ -231,7 +261,7 @@ class LogWriter:
             return updates
 
     def _write(self, segment: Segment, fd: int, buffers: list[bytes], offset: int,
-               epoch_start: int, sealed_any: bool) -> None:
+               epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
         try:
             self._io.pwritev(fd, buffers, offset)
         except OSError as exc:
@@ -243,11 +273,13 @@ class LogWriter:
                 self._io.ftruncate(fd, epoch_start)
             except OSError as undo_exc:
                 raise _EpochFailed(self._poison_error("a failed write could not be undone", undo_exc), True) from exc
+            self._unsynced_frames = unsynced_at_start
             raise _EpochFailed(error, poison=False) from exc
 
     def _sync(self, segment: Segment, fd: int) -> None:
         try:
             self._io.fdatasync(fd)
+            self._unsynced_frames = 0
         except OSError as exc:
             raise _EpochFailed(self._poison_error(f"fdatasync of {segment.path} failed", exc), True) from exc
 
@@ -310,22 +342,27 @@ class LogWriter:
         """Fail the epoch's tickets and everything queued behind them. Holds the lock."""
         if failure.poison:
             self._poisoned = failure.error
+        self._failures += 1
+        self._last_failure = failure.error
         failed = list(batch) + list(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
         self._next_version = self._log._visible_version + 1
         for ticket in failed:
-            err = type(failure.error)(str(failure.error), failure.error.path)
-            err.__cause__ = failure.error.__cause__
-            ticket.error = err
+            ticket.error = self._copy_error(failure.error)
             ticket.done = True
             ticket.bodies = None
 
+    @staticmethod
+    def _copy_error(error: StorageError) -> StorageError:
+        # One exception instance per raiser: threads must not share a traceback.
+        err = type(error)(str(error), error.path)
+        err.__cause__ = error.__cause__
+        return err
+
     def _check_usable(self) -> None:
         if self._poisoned is not None:
-            err = LogPoisonedError(str(self._poisoned), self._poisoned.path)
-            err.__cause__ = self._poisoned.__cause__
-            raise err
+            raise self._copy_error(self._poisoned)
         if self._closed:
             raise DatabaseClosedError(f"the log of {self._log.directory} is closed")
 
@@ -343,6 +380,7 @@ class LogWriter:
                 try:
                     self._io.fdatasync(self._fd)
                     self._unsynced = False
+                    self._unsynced_frames = 0
                 except OSError as exc:
                     with self._cond:
                         self._poisoned = self._poison_error("the interval fdatasync failed", exc)
