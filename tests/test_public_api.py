@@ -7,7 +7,8 @@ import udrflow
 import udrflow.errors as errors
 
 EXPECTED = {
-    "open", "Database", "Durability", "LogRecord", "errors", "UdrflowError", "CorruptionError",
+    "open", "Database", "Transaction", "retry", "Durability", "LogRecord", "errors", "UdrflowError",
+    "CorruptionError", "SchemaError", "TableExistsError", "TableNotFoundError", "TransactionConflictError",
     "DatabaseClosedError", "DatabaseLockedError", "DatabaseNotFoundError", "InvalidNameError",
     "InvalidOptionError", "InvalidPayloadError", "LogPoisonedError", "ReadOnlyError", "StorageError",
     "StorageFullError", "StoragePermissionError", "VersionNotFoundError",

@@ -9,6 +9,8 @@ a user needs is re-exported here; the rest is private (``_``-prefixed modules).
 from udrflow import errors as errors
 from udrflow._database import Database as Database
 from udrflow._database import open as open
+from udrflow._transaction import Transaction as Transaction
+from udrflow._transaction import retry as retry
 from udrflow.errors import CorruptionError as CorruptionError
 from udrflow.errors import DatabaseClosedError as DatabaseClosedError
 from udrflow.errors import DatabaseLockedError as DatabaseLockedError
@@ -18,9 +20,13 @@ from udrflow.errors import InvalidOptionError as InvalidOptionError
 from udrflow.errors import InvalidPayloadError as InvalidPayloadError
 from udrflow.errors import LogPoisonedError as LogPoisonedError
 from udrflow.errors import ReadOnlyError as ReadOnlyError
+from udrflow.errors import SchemaError as SchemaError
 from udrflow.errors import StorageError as StorageError
 from udrflow.errors import StorageFullError as StorageFullError
 from udrflow.errors import StoragePermissionError as StoragePermissionError
+from udrflow.errors import TableExistsError as TableExistsError
+from udrflow.errors import TableNotFoundError as TableNotFoundError
+from udrflow.errors import TransactionConflictError as TransactionConflictError
 from udrflow.errors import UdrflowError as UdrflowError
 from udrflow.errors import VersionNotFoundError as VersionNotFoundError
 from udrflow.log import Durability as Durability
@@ -31,6 +37,8 @@ __version__ = "0.1.0"
 __all__ = [
     "open",
     "Database",
+    "Transaction",
+    "retry",
     "Durability",
     "LogRecord",
     "errors",
@@ -44,8 +52,12 @@ __all__ = [
     "InvalidPayloadError",
     "LogPoisonedError",
     "ReadOnlyError",
+    "SchemaError",
     "StorageError",
     "StorageFullError",
     "StoragePermissionError",
+    "TableExistsError",
+    "TableNotFoundError",
+    "TransactionConflictError",
     "VersionNotFoundError",
 ]

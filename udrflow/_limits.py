@@ -40,3 +40,9 @@ READ_BYTES_MAX = 4 * MIB
 FSYNC_INTERVAL_MS_DEFAULT = 10
 FSYNC_INTERVAL_MS_MIN = 1
 FSYNC_INTERVAL_MS_MAX = 60_000
+
+#: In-memory cache of decoded chunks (Arrow tables), shared by every reader of a database.
+CHUNK_CACHE_BYTES_MAX = 512 * MIB
+
+#: Chunk files are written in one batch of at most this many files per fsync round.
+CHUNK_WRITE_BATCH_MAX = 256

@@ -14,12 +14,16 @@ Messages say what was expected, what was found, and where::
     ├── UsageError                 the caller asked for something invalid
     │   ├── InvalidPayloadError    a commit payload that cannot be written
     │   ├── InvalidNameError       a table/branch/view name that breaks a rule
+    │   ├── SchemaError            data that does not fit a table's schema or key
+    │   ├── TableNotFoundError     a table that does not exist (at that version)
+    │   ├── TableExistsError       create_table of a name already taken
     │   └── InvalidOptionError     an option outside its allowed values
     ├── DatabaseNotFoundError      no database (or log) at the path given
     ├── DatabaseLockedError        another process holds the writer lock
     ├── DatabaseClosedError        the database (or log) was closed by its owner
     ├── ReadOnlyError              a write through a read-only handle
     ├── VersionNotFoundError       a version outside [since, upper)
+    ├── TransactionConflictError   a concurrent commit wrote what this transaction wrote (or read)
     ├── StorageError               the file system failed us
     │   ├── StorageFullError       no space left (ENOSPC / EDQUOT)
     │   ├── StoragePermissionError the OS refused access to a path
@@ -38,6 +42,10 @@ __all__ = [
     "InvalidPayloadError",
     "InvalidNameError",
     "InvalidOptionError",
+    "SchemaError",
+    "TableNotFoundError",
+    "TableExistsError",
+    "TransactionConflictError",
     "DatabaseNotFoundError",
     "DatabaseLockedError",
     "DatabaseClosedError",
@@ -70,6 +78,33 @@ class InvalidNameError(UsageError):
 
 class InvalidOptionError(UsageError):
     """An option outside its allowed values (the message lists them)."""
+
+
+class SchemaError(UsageError):
+    """Rows that do not fit the table: a wrong type, a missing or unknown column, a null
+    or duplicate primary key. The message names the column, the expected type, the value
+    found and its row."""
+
+
+class TableNotFoundError(UsageError):
+    """No table of that name exists (at the version asked for)."""
+
+
+class TableExistsError(UsageError):
+    """``create_table`` of a name that is already a table."""
+
+
+class TransactionConflictError(UdrflowError):
+    """A transaction lost to a concurrent commit. ``table`` and ``keys`` name what collided
+    (``keys`` is None for a table-level conflict). Nothing of the loser is visible; retry
+    it (``udrflow.retry`` does, with backoff)."""
+
+    def __init__(self, message: str, table: str | None = None, keys: list | None = None,
+                 version: int | None = None) -> None:
+        super().__init__(message)
+        self.table = table
+        self.keys = keys
+        self.version = version
 
 
 class DatabaseNotFoundError(UdrflowError):

@@ -1,0 +1,132 @@
+"""The catalog: which tables exist at each version, with which schema and key, and which
+versions changed each table.
+
+It is derived from the log only (DDL is a commit like any other), rebuilt at open by
+reading every commit's small header, and extended as commits are made. A table is
+identified by its name *and* the version that created it (``created``), so a table that
+is dropped and created again is a new table with its own history.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from udrflow._commit import AddColumn, Changes, Commit, CreateTable, DropTable
+from udrflow._schema import schema_from_bytes
+from udrflow.errors import CorruptionError
+
+
+@dataclass(frozen=True)
+class TableDef:
+    name: str
+    schema: pa.Schema
+    primary_key: tuple[str, ...]
+    created: int        # version of the create_table commit
+    defined: int        # version of the DDL that gave this schema
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.primary_key)
+
+
+class _History:
+    """One table name's definitions over versions, and the versions that changed its rows."""
+
+    __slots__ = ("versions", "defs", "change_versions", "change_rows", "row_deltas")
+
+    def __init__(self) -> None:
+        self.versions: list[int] = []           # version at which defs[i] takes effect
+        self.defs: list[TableDef | None] = []   # None: dropped
+        self.change_versions = array.array("Q")
+        self.change_rows = array.array("Q")      # rows_in + rows_out of each change
+        self.row_deltas = array.array("q")       # rows_in - rows_out of each change
+
+    def at(self, version: int) -> TableDef | None:
+        i = bisect.bisect_right(self.versions, version) - 1
+        return self.defs[i] if i >= 0 else None
+
+
+class Catalog:
+    def __init__(self) -> None:
+        self._tables: dict[str, _History] = {}
+        self.version = 0
+
+    def apply(self, version: int, commit: Commit) -> None:
+        """Take the DDL and change records of ``commit`` (already validated) into the catalog."""
+        for op in commit.ops:
+            hist = self._tables.setdefault(op.table, _History())
+            if isinstance(op, Changes):
+                hist.change_versions.append(version)
+                hist.change_rows.append(op.rows_in + op.rows_out)
+                hist.row_deltas.append(op.rows_in - op.rows_out)
+            elif isinstance(op, CreateTable):
+                hist.versions.append(version)
+                hist.defs.append(TableDef(op.table, schema_from_bytes(op.schema), tuple(op.primary_key),
+                                          version, version))
+            elif isinstance(op, AddColumn):
+                current = hist.defs[-1] if hist.defs else None
+                if current is None:
+                    raise CorruptionError(f"commit {version} adds a column to table {op.table!r}, which does not exist",
+                                          version=version)
+                hist.versions.append(version)
+                hist.defs.append(TableDef(op.table, schema_from_bytes(op.schema), current.primary_key,
+                                          current.created, version))
+            elif isinstance(op, DropTable):
+                hist.versions.append(version)
+                hist.defs.append(None)
+        self.version = max(self.version, version)
+
+    def apply_changes_only(self, version: int, header) -> None:
+        """Fast path at open for commits without DDL: record which tables they changed."""
+        for op in header.ops:
+            hist = self._tables.setdefault(op.table, _History())
+            hist.change_versions.append(version)
+            hist.change_rows.append(op.rows_in + op.rows_out)
+            hist.row_deltas.append(op.rows_in - op.rows_out)
+        self.version = max(self.version, version)
+
+    def row_count(self, name: str, version: int) -> int:
+        """Rows of table ``name`` at ``version``, from the commit headers alone."""
+        hist = self._tables.get(name)
+        tdef = None if hist is None else hist.at(version)
+        if tdef is None:
+            return 0
+        cv = hist.change_versions
+        lo = bisect.bisect_right(cv, tdef.created)
+        hi = bisect.bisect_right(cv, version)
+        return sum(hist.row_deltas[lo:hi])
+
+    def get(self, name: str, version: int) -> TableDef | None:
+        hist = self._tables.get(name)
+        return None if hist is None else hist.at(version)
+
+    def names(self, version: int) -> list[str]:
+        return sorted(n for n, h in self._tables.items() if h.at(version) is not None)
+
+    def change_versions(self, name: str, after: int, upto: int) -> list[int]:
+        """Versions in (after, upto] that changed rows of table ``name``."""
+        hist = self._tables.get(name)
+        if hist is None:
+            return []
+        cv = hist.change_versions
+        lo = bisect.bisect_right(cv, after)
+        hi = bisect.bisect_right(cv, upto)
+        return cv[lo:hi].tolist()
+
+    def changed_rows(self, name: str, after: int, upto: int) -> tuple[int, int]:
+        """(commits, rows changed) for table ``name`` in (after, upto]: the tail a read replays."""
+        hist = self._tables.get(name)
+        if hist is None:
+            return 0, 0
+        cv = hist.change_versions
+        lo = bisect.bisect_right(cv, after)
+        hi = bisect.bisect_right(cv, upto)
+        return hi - lo, sum(hist.change_rows[lo:hi])
+
+    def last_ddl_version(self, name: str) -> int:
+        hist = self._tables.get(name)
+        return hist.versions[-1] if hist and hist.versions else 0

@@ -1,0 +1,194 @@
+"""Checkpoints: a table's whole state at one version, as content-defined chunks plus a
+manifest, so a read at V costs the nearest checkpoint plus a short log tail, however
+deep the history.
+
+Chunk boundaries are chosen by the data, not by position. Rows of a keyed table are
+sorted by key and a chunk ends after a row whose key hash has its low
+``CHUNK_ROWS_TARGET_LOG2`` bits zero (with a minimum and a maximum chunk size). An update
+to a few keys therefore changes only the chunks covering those keys; every other chunk
+is byte-identical to the one the previous checkpoint wrote, has the same BLAKE3 name,
+and is stored once. Tables without a key keep insertion order and cut every
+2**CHUNK_ROWS_TARGET_LOG2 rows, so an append-only table shares all its full chunks.
+
+A manifest lives at ``checkpoints/<branch>/<table>/<created>-<version>.ckpt`` and is
+written durably after its chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from udrflow._catalog import TableDef
+from udrflow._chunks import ChunkStore
+from udrflow._ext._keyhash import hash_large_binary
+from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
+from udrflow._schema import conform as conform_to
+from udrflow._schema import schema_from_bytes, schema_to_bytes
+from udrflow.errors import CorruptionError, storage_error_from_os
+
+CHUNK_ROWS_TARGET_LOG2 = 14       # ~16k rows per chunk on average
+CHUNK_ROWS_MIN = 1 << 10
+CHUNK_ROWS_MAX = 1 << 17
+_SUFFIX = ".ckpt"
+
+
+class Manifest(msgspec.Struct):
+    table: str
+    created: int
+    version: int
+    schema: bytes
+    primary_key: list[str]
+    chunks: list[str]
+    chunk_rows: list[int]
+    rows: int
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(Manifest)
+
+
+def key_hashes(table: pa.Table, pk: list[str]) -> np.ndarray:
+    """A uint64 hash per row of the key columns, vectorized."""
+    h = np.zeros(table.num_rows, dtype=np.uint64)
+    for name in pk:
+        col = table.column(name).combine_chunks()
+        t = col.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
+                or pa.types.is_large_binary(t):
+            arr = col.cast(pa.large_binary())
+            _, offsets, data = arr.buffers()
+            offs = np.frombuffer(offsets, dtype=np.int64)
+            vals = np.frombuffer(hash_large_binary(offs, data if data is not None else b"", arr.offset, len(arr)),
+                                 dtype=np.uint32).astype(np.uint64)
+        else:
+            vals = pc.cast(col, pa.int64(), safe=False).to_numpy(zero_copy_only=False).view(np.uint64)
+        with np.errstate(over="ignore"):
+            h = (h ^ vals) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(29)
+    return h
+
+
+def chunk_bounds(table: pa.Table, pk: list[str]) -> list[tuple[int, int]]:
+    """(offset, length) of each chunk of ``table`` (already sorted by key if keyed)."""
+    n = table.num_rows
+    if n == 0:
+        return []
+    if not pk:
+        step = 1 << CHUNK_ROWS_TARGET_LOG2
+        return [(i, min(step, n - i)) for i in range(0, n, step)]
+    mask = np.uint64((1 << CHUNK_ROWS_TARGET_LOG2) - 1)
+    candidates = np.flatnonzero((key_hashes(table, pk) & mask) == 0) + 1  # cut after these rows
+    bounds, start = [], 0
+    for cut in candidates.tolist():
+        while cut - start > CHUNK_ROWS_MAX:
+            bounds.append((start, CHUNK_ROWS_MAX))
+            start += CHUNK_ROWS_MAX
+        if cut - start >= CHUNK_ROWS_MIN:
+            bounds.append((start, cut - start))
+            start = cut
+    while n - start > CHUNK_ROWS_MAX:
+        bounds.append((start, CHUNK_ROWS_MAX))
+        start += CHUNK_ROWS_MAX
+    if n > start:
+        bounds.append((start, n - start))
+    return bounds
+
+
+class CheckpointStore:
+    def __init__(self, root: str, io: FileIO, chunks: ChunkStore) -> None:
+        self.root = root
+        self._io = io
+        self.chunks = chunks
+        self._lock = threading.Lock()
+        self._index: dict[tuple[str, int], list[int]] = {}  # (table, created) -> sorted versions
+        if os.path.isdir(root):
+            for table in os.listdir(root):
+                tdir = os.path.join(root, table)
+                for name in os.listdir(tdir):
+                    if not name.endswith(_SUFFIX) or ".tmp-" in name:
+                        continue
+                    created, _, version = name[: -len(_SUFFIX)].partition("-")
+                    self._index.setdefault((table, int(created)), []).append(int(version))
+            for versions in self._index.values():
+                versions.sort()
+
+    def _path(self, table: str, created: int, version: int) -> str:
+        return os.path.join(self.root, table, f"{created:020d}-{version:020d}{_SUFFIX}")
+
+    def nearest(self, tdef: TableDef, version: int) -> int | None:
+        """The latest checkpoint version <= ``version`` of this table (this incarnation)."""
+        with self._lock:
+            versions = self._index.get((tdef.name, tdef.created), [])
+            best = None
+            for v in versions:
+                if v <= version:
+                    best = v
+            return best
+
+    def versions(self, table: str, created: int) -> list[int]:
+        with self._lock:
+            return list(self._index.get((table, created), []))
+
+    def manifest(self, table: str, created: int, version: int) -> Manifest:
+        path = self._path(table, created, version)
+        try:
+            with open(path, "rb") as f:
+                return _dec.decode(f.read())
+        except FileNotFoundError as exc:
+            raise CorruptionError(f"checkpoint manifest {path} is missing", path) from exc
+        except msgspec.DecodeError as exc:
+            raise CorruptionError(f"checkpoint manifest {path} does not decode: {exc}", path) from exc
+
+    def read(self, tdef: TableDef, version: int) -> pa.Table:
+        """The table as checkpointed at ``version``, conformed to ``tdef``'s schema."""
+        m = self.manifest(tdef.name, tdef.created, version)
+        schema = schema_from_bytes(m.schema)
+        parts = [self.chunks.get_table(h) for h in m.chunks]
+        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        if table.num_rows != m.rows:
+            raise CorruptionError(f"checkpoint {self._path(tdef.name, tdef.created, version)} holds {table.num_rows} "
+                                  f"rows: its manifest says {m.rows}", self._path(tdef.name, tdef.created, version))
+        return conform_to(table, tdef.schema)
+
+    def write(self, tdef: TableDef, version: int, table: pa.Table) -> Manifest:
+        pk = list(tdef.primary_key)
+        if pk and table.num_rows:
+            table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in pk]))
+        table = table.combine_chunks()
+        bounds = chunk_bounds(table, pk)
+        digests = self.chunks.put_tables([table.slice(o, n) for o, n in bounds])
+        m = Manifest(tdef.name, tdef.created, version, schema_to_bytes(tdef.schema), pk, digests,
+                     [n for _, n in bounds], table.num_rows)
+        path = self._path(tdef.name, tdef.created, version)
+        try:
+            make_dirs_durably(self._io, os.path.dirname(path))
+            write_file_durably(self._io, path, _enc.encode(m))
+        except OSError as exc:
+            raise storage_error_from_os(exc, "write the checkpoint manifest", path) from exc
+        with self._lock:
+            versions = self._index.setdefault((tdef.name, tdef.created), [])
+            if version not in versions:
+                versions.append(version)
+                versions.sort()
+        return m
+
+    def all_manifests(self) -> list[tuple[str, int, int]]:
+        with self._lock:
+            return [(t, c, v) for (t, c), vs in self._index.items() for v in vs]
+
+    def delete(self, table: str, created: int, version: int) -> None:
+        path = self._path(table, created, version)
+        try:
+            self._io.unlink(path)
+        except FileNotFoundError:
+            pass
+        with self._lock:
+            versions = self._index.get((table, created), [])
+            if version in versions:
+                versions.remove(version)

@@ -1,0 +1,108 @@
+"""The fold: a table's state after a sequence of weighted changes, a batch at a time.
+
+DESIGN.md's invariant is ``read(T, V) == fold of the log up to V, restricted to T``.
+This module is that fold, used by reads (checkpoint + log tail), by a transaction's
+view of its own writes, and by checkpoints. No Python call per row: every step is an
+Arrow compute kernel, a sort, or a join.
+
+Tables with a primary key: the last event for a key decides (a +1 row sets it, a -1
+removes it), so -1 events need only the key columns. Tables without a key are
+multisets: each -1 row cancels one equal +1 row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from udrflow.errors import InternalError, SchemaError
+
+_SEQ = "__seq"
+_PIDX = "__pidx"
+_W = "__weight"
+
+
+def remove_keys(table: pa.Table, keys: pa.Table, pk: list[str]) -> pa.Table:
+    """Rows of ``table`` whose key is not among ``keys`` (order kept for one-column keys)."""
+    if keys.num_rows == 0 or table.num_rows == 0:
+        return table
+    if len(pk) == 1:
+        k = pk[0]
+        hit = pc.is_in(table.column(k), value_set=pc.unique(keys.column(k).combine_chunks()))
+        return table.filter(pc.invert(hit))
+    return table.join(keys.select(pk).group_by(pk).aggregate([]), keys=pk, join_type="left anti",
+                      use_threads=True).select(table.column_names)
+
+
+def fold_keyed(base: pa.Table, events: list[tuple[int, pa.Table]], pk: list[str], schema: pa.Schema) -> pa.Table:
+    """Apply ``events`` (weight, rows) in order to ``base``, a table keyed by ``pk``.
+
+    A +1 table holds whole rows; a -1 table needs only the key columns.
+    """
+    events = [(w, t) for w, t in events if t is not None and t.num_rows]
+    if not events:
+        return base
+    key_parts, plus_parts = [], []
+    seq = plus_rows = 0
+    for weight, rows in events:
+        n = rows.num_rows
+        cols = {k: rows.column(k) for k in pk}
+        cols[_SEQ] = pa.array(np.arange(seq, seq + n, dtype=np.int64))
+        if weight > 0:
+            cols[_PIDX] = pa.array(np.arange(plus_rows, plus_rows + n, dtype=np.int64))
+            plus_parts.append(rows.select(schema.names).cast(schema))
+            plus_rows += n
+        elif weight < 0:
+            cols[_PIDX] = pa.array(np.full(n, -1, dtype=np.int64))
+        else:
+            raise InternalError("a change event must have weight +1 or -1")
+        key_parts.append(pa.table(cols))
+        seq += n
+    keys = pa.concat_tables(key_parts, promote_options="permissive")
+    order = pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in pk] + [(_SEQ, "ascending")])
+    keys = keys.take(order)
+    n = keys.num_rows
+    # The last event of each key: where the key differs from the next row's (or at the end).
+    last = np.zeros(n, dtype=bool)
+    last[-1] = True
+    if n > 1:
+        differs = np.zeros(n - 1, dtype=bool)
+        for k in pk:
+            col = keys.column(k)
+            ne = pc.fill_null(pc.not_equal(col.slice(0, n - 1), col.slice(1)), True)
+            differs |= ne.to_numpy(zero_copy_only=False)
+        last[:-1] = differs
+    final = keys.filter(pa.array(last))
+    pidx = final.column(_PIDX).to_numpy()
+    survivors = pidx[pidx >= 0]
+    kept = remove_keys(base, final.select(pk), pk)
+    if plus_parts and survivors.size:
+        plus = pa.concat_tables(plus_parts).take(pa.array(np.sort(survivors)))
+        return pa.concat_tables([kept.cast(schema), plus]) if kept.num_rows else plus
+    return kept
+
+
+def fold_multiset(base: pa.Table, events: list[tuple[int, pa.Table]], schema: pa.Schema) -> pa.Table:
+    """Apply weighted whole-row ``events`` to ``base``, a table without a key (a multiset)."""
+    events = [(w, t.select(schema.names).cast(schema)) for w, t in events if t is not None and t.num_rows]
+    if not events:
+        return base
+    if all(w > 0 for w, _ in events):
+        return pa.concat_tables([base.cast(schema)] + [t for _, t in events])
+    parts = [base.cast(schema).append_column(_W, pa.array(np.ones(base.num_rows, dtype=np.int64)))]
+    for w, t in events:
+        parts.append(t.append_column(_W, pa.array(np.full(t.num_rows, w, dtype=np.int64))))
+    rows = pa.concat_tables(parts)
+    try:
+        grouped = rows.group_by(schema.names, use_threads=False).aggregate([(_W, "sum")])
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+        raise SchemaError(f"rows of a table without a primary key can only be deleted when every column can be "
+                          f"compared; got {schema}: {exc}") from exc
+    counts = grouped.column(f"{_W}_sum").to_numpy()
+    if (counts < 0).any():
+        raise InternalError("a table without a key would hold a row a negative number of times")
+    grouped = grouped.drop_columns([f"{_W}_sum"]).select(schema.names)
+    idx = np.repeat(np.arange(grouped.num_rows), counts)
+    return grouped.take(pa.array(idx)).cast(schema)
+

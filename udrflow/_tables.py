@@ -1,0 +1,620 @@
+"""The table engine of one branch: reads at any version, and the commit path.
+
+Reads: ``read(T, V)`` = the best base at or below V (a cached snapshot or a checkpoint)
+plus the log tail after it, restricted to T, folded (``_fold``). Results are cached by
+(table, version); a newer read starts from the newest cached snapshot below it, so
+reading the head after each small commit replays one commit, not the tail.
+
+Commits: a transaction's logical operations (insert, upsert, delete by key or rows, DDL)
+are resolved, under one short lock, against the writer's head state into weighted
+changes, encoded, and queued on the log (which fixes the version); the lock is released
+before the fsync, so concurrent transactions share epochs. Conflicts are found by
+comparing a transaction's written keys with the keys of commits queued since it began.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from udrflow._catalog import Catalog, TableDef
+from udrflow._checkpoint import CheckpointStore
+from udrflow._chunks import ChunkStore
+from udrflow._commit import (
+    AddColumn,
+    Changes,
+    Commit,
+    CreateTable,
+    DropTable,
+    decode_commit,
+    decode_header,
+    encode_commit,
+    expand_changes,
+    make_changes,
+)
+from udrflow._fold import fold_keyed, fold_multiset, remove_keys
+from udrflow._head import KeyedHead, MultisetHead, key_list, keys_table
+from udrflow._limits import COMMIT_BODY_BYTES_MAX
+from udrflow._schema import add_column_schema, check_table_schema, schema_to_bytes
+from udrflow._schema import conform as conform_to
+from udrflow.errors import (
+    InternalError,
+    SchemaError,
+    TableExistsError,
+    TableNotFoundError,
+    TransactionConflictError,
+    UsageError,
+    VersionNotFoundError,
+)
+from udrflow.log import EpochLog
+
+SNAPSHOT_CACHE_BYTES_MAX = 1024 * 1024 * 1024
+CHECKPOINT_TAIL_RATIO = 1.0       # checkpoint when the tail's changed rows reach this share of the table
+CHECKPOINT_TAIL_ROWS_MIN = 4096   # ... but never for fewer changed rows than this
+CHECKPOINT_TAIL_COMMITS_MAX = 1024  # ... or when this many commits changed it since
+
+
+# ---- logical operations (what users ask for; resolved at commit) ----------------------
+
+@dataclass
+class Op:
+    kind: str                     # create_table | add_column | drop_table | insert | upsert | delete_keys | delete_rows
+    table: str
+    rows: pa.Table | None = None  # insert/upsert rows, delete_keys keys, delete_rows rows
+    schema: pa.Schema | None = None
+    primary_key: list[str] = field(default_factory=list)
+    column: pa.Field | None = None
+
+
+class SnapshotCache:
+    """Materialized tables by (table, created, version), bounded in bytes, least recently used out."""
+
+    def __init__(self, bytes_max: int = SNAPSHOT_CACHE_BYTES_MAX) -> None:
+        self.bytes_max = bytes_max
+        self._items: collections.OrderedDict[tuple, pa.Table] = collections.OrderedDict()
+        self._by_table: dict[tuple, set[int]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, version: int) -> pa.Table | None:
+        with self._lock:
+            t = self._items.get((*key, version))
+            if t is not None:
+                self._items.move_to_end((*key, version))
+            return t
+
+    def best_below(self, key: tuple, version: int) -> tuple[int, pa.Table] | None:
+        with self._lock:
+            versions = [v for v in self._by_table.get(key, ()) if v <= version]
+            if not versions:
+                return None
+            v = max(versions)
+            return v, self._items[(*key, v)]
+
+    def put(self, key: tuple, version: int, table: pa.Table) -> None:
+        size = table.nbytes
+        if size > self.bytes_max:
+            return
+        with self._lock:
+            k = (*key, version)
+            if k in self._items:
+                return
+            self._items[k] = table
+            self._by_table.setdefault(key, set()).add(version)
+            self._bytes += size
+            while self._bytes > self.bytes_max:
+                (name, created, v), old = self._items.popitem(last=False)
+                self._by_table[(name, created)].discard(v)
+                self._bytes -= old.nbytes
+
+
+@dataclass
+class _Written:
+    """One commit's effect on the conflict tracker."""
+
+    version: int
+    table: tuple[str, int]
+    keys: pa.Table | None  # None: the whole table (no key, or DDL)
+
+
+class TableEngine:
+    def __init__(self, log: EpochLog, chunks: ChunkStore, checkpoints: CheckpointStore) -> None:
+        self.log = log
+        self.chunks = chunks
+        self.checkpoints = checkpoints
+        self.catalog = Catalog()
+        self.cache = SnapshotCache()
+        self._lock = threading.Lock()  # the commit critical section
+        self._heads: dict[tuple[str, int], KeyedHead | MultisetHead] = {}
+        self._head_version = 0
+        self._failures_seen = 0
+        self._recent: collections.deque[_Written] = collections.deque()
+        self._active: collections.Counter[int] = collections.Counter()  # begin versions of open transactions
+        self._generation = 0
+        self._catalog_lock = threading.Lock()
+        self._checkpoint_queue: queue.Queue | None = None
+        self._checkpoint_thread: threading.Thread | None = None
+        self.checkpoint_error: BaseException | None = None
+        self._load_catalog(self.log.since, self.log.version)
+        self._head_version = self.log.version
+        self._failures_seen = self.log.failures
+
+    # ---- catalog ---------------------------------------------------------------------
+
+    def _load_catalog(self, lo: int, hi: int) -> None:
+        if hi < lo:
+            return
+        for record in self.log.scan(lo, hi):
+            header = decode_header(record.payload, record.version)
+            if any(type(op).__name__ != "_HChanges" for op in header.ops):
+                self.catalog.apply(record.version, decode_commit(record.payload, record.version))
+            else:
+                self.catalog.apply_changes_only(record.version, header)
+
+    def refresh(self) -> int:
+        """Read-only handles: take in commits another process has made since."""
+        with self._catalog_lock:
+            before = self.catalog.version
+            now = self.log.refresh()
+            self._load_catalog(before + 1, now)
+            return now
+
+    def table_def(self, name: str, version: int) -> TableDef:
+        tdef = self.catalog.get(name, version)
+        if tdef is None:
+            known = ", ".join(self.catalog.names(version)) or "none"
+            raise TableNotFoundError(f"table {name!r} does not exist at version {version} (tables then: {known})")
+        return tdef
+
+    # ---- reads -----------------------------------------------------------------------
+
+    def resolve_version(self, version) -> int:
+        visible = self.log.version
+        if version is None:
+            return visible
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise UsageError(f"version must be an int (or a datetime): got {type(version).__name__}")
+        if version > visible:
+            raise VersionNotFoundError(f"version {version} is not yet in the log: expected at most {visible}")
+        if version < self.log.since - 1 or version < 0:
+            raise VersionNotFoundError(f"version {version} is below since={self.log.since}: its history was removed")
+        return version
+
+    def read(self, name: str, version: int | None = None) -> pa.Table:
+        v = self.resolve_version(version)
+        tdef = self.table_def(name, v)
+        key = (name, tdef.created)
+        hit = self.cache.get(key, v)
+        if hit is not None:
+            return conform_to(hit, tdef.schema)
+        base_v, base = tdef.created, tdef.schema.empty_table()
+        ckpt = self.checkpoints.nearest(tdef, v)
+        cached = self.cache.best_below(key, v)
+        if cached is not None and cached[0] >= (ckpt or 0):
+            base_v, base = cached
+        elif ckpt is not None:
+            base_v, base = ckpt, self.checkpoints.read(tdef, ckpt)
+        base = conform_to(base, tdef.schema)
+        events = self._tail_events(tdef, base_v, v)
+        if tdef.keyed:
+            pk = list(tdef.primary_key)
+            events = [(w, t if w > 0 else t.select(pk)) for w, t in events]
+            result = fold_keyed(base, events, pk, tdef.schema)
+        else:
+            result = fold_multiset(base, events, tdef.schema)
+        self.cache.put(key, v, result)
+        return result
+
+    def _tail_events(self, tdef: TableDef, after: int, upto: int) -> list[tuple[int, pa.Table]]:
+        events: list[tuple[int, pa.Table]] = []
+        for version, changes in self.changes_of(tdef.name, after, upto):
+            schema_then = self.catalog.get(tdef.name, version).schema
+            plus, minus = expand_changes(changes, schema_then, self.chunks.get)
+            events.append((-1, conform_to(minus, tdef.schema)))
+            events.append((1, conform_to(plus, tdef.schema)))
+        return events
+
+    def changes_of(self, name: str, after: int, upto: int):
+        """(version, Changes) of every commit in (after, upto] that changed table ``name``."""
+        versions = self.catalog.change_versions(name, after, upto)
+        i = 0
+        while i < len(versions):
+            j = i
+            while j + 1 < len(versions) and versions[j + 1] == versions[j] + 1:
+                j += 1
+            for record in self.log.scan(versions[i], versions[j]):
+                for op in decode_commit(record.payload, record.version).ops:
+                    if isinstance(op, Changes) and op.table == name:
+                        yield record.version, op
+            i = j + 1
+
+    # ---- transactions: begin / validate / commit -------------------------------------
+
+    def begin(self) -> tuple[int, int]:
+        """Register a transaction; returns (snapshot version, generation)."""
+        with self._lock:
+            v = self.log.version
+            self._active[v] += 1
+            return v, self._generation
+
+    def end(self, begin: int) -> None:
+        with self._lock:
+            self._active[begin] -= 1
+            if self._active[begin] <= 0:
+                del self._active[begin]
+            self._prune_recent()
+
+    def _prune_recent(self) -> None:
+        floor = min(self._active) if self._active else self._head_version
+        while self._recent and self._recent[0].version <= floor:
+            self._recent.popleft()
+
+    def commit(self, ops: list[Op], *, begin: int | None = None, generation: int | None = None,
+               read_tables: set[str] | None = None, meta: dict | None = None) -> int:
+        """Resolve, validate and queue ``ops`` as one commit; return its version once durable.
+
+        ``begin`` is None for single operations outside a transaction: they apply to the
+        newest state and cannot conflict."""
+        if not ops:
+            raise UsageError("a commit needs at least one operation")
+        with self._lock:
+            if self.log.failures != self._failures_seen:
+                self._reset_after_failure()
+            if generation is not None and generation != self._generation:
+                raise TransactionConflictError(
+                    "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
+            resolved, written = self._resolve(ops)
+            if begin is not None:
+                self._validate(begin, written, read_tables or set())
+            body = encode_commit(Commit(ops=resolved, meta=meta or {}))
+            if len(body) > COMMIT_BODY_BYTES_MAX:
+                body = self._spill_to_chunks(resolved, meta)
+            pending = self.log.submit(body, failures_seen=self._failures_seen)
+            version = pending.version
+            with self._catalog_lock:
+                self.catalog.apply(version, Commit(ops=resolved))
+            for w in written:
+                w.version = version
+                self._recent.append(w)
+            self._apply_heads(ops, resolved)
+            self._head_version = version
+            self._prune_recent()
+        try:
+            pending.wait()
+        except BaseException:
+            with self._lock:
+                self._reset_after_failure()
+            raise
+        self._maybe_checkpoint(resolved, version)
+        return version
+
+    def _reset_after_failure(self) -> None:
+        """An epoch failed: every queued commit was discarded. Forget what they did."""
+        visible = self.log.version
+        with self._catalog_lock:
+            self.catalog = Catalog()
+            self._load_catalog(self.log.since, visible)
+        self._heads.clear()
+        self._recent.clear()
+        self._generation += 1
+        self._head_version = visible
+        self._failures_seen = self.log.failures
+
+    def _validate(self, begin: int, written: list[_Written], read_tables: set[str]) -> None:
+        mine = {w.table: w for w in written}
+        for other in self._recent:
+            if other.version <= begin:
+                continue
+            name = other.table[0]
+            if name in read_tables:
+                raise TransactionConflictError(
+                    f"serializable transaction read table {name!r}, which version {other.version} changed after it "
+                    f"began at version {begin}", name, None, other.version)
+            w = mine.get(other.table)
+            if w is None:
+                continue
+            if w.keys is None or other.keys is None:
+                raise TransactionConflictError(
+                    f"write-write conflict on table {name!r}: version {other.version} changed it after this "
+                    f"transaction began at version {begin} (table-level: the table has no primary key, or its "
+                    f"definition changed)", name, None, other.version)
+            pk = list(w.keys.column_names)
+            if len(pk) == 1:
+                hit = pc.is_in(w.keys.column(pk[0]), value_set=other.keys.column(pk[0]))
+                clash = w.keys.filter(hit)
+            else:
+                clash = w.keys.join(other.keys, keys=pk, join_type="left semi")
+            if clash.num_rows:
+                keys = clash.slice(0, 10).to_pylist()
+                raise TransactionConflictError(
+                    f"write-write conflict on table {name!r}: keys {keys}{' ...' if clash.num_rows > 10 else ''} were "
+                    f"changed by version {other.version} after this transaction began at version {begin}",
+                    name, clash.to_pylist(), other.version)
+
+    # ---- resolving logical operations into changes -----------------------------------
+
+    def _def_at_head(self, name: str) -> TableDef:
+        tdef = self.catalog.get(name, self._head_version)
+        if tdef is None:
+            known = ", ".join(self.catalog.names(self._head_version)) or "none"
+            raise TableNotFoundError(f"table {name!r} does not exist (tables: {known})")
+        return tdef
+
+    def _head(self, tdef: TableDef):
+        key = (tdef.name, tdef.created)
+        head = self._heads.get(key)
+        if head is None:
+            # Build from the newest visible state; commits still queued are in _heads already,
+            # so a missing head means none are queued for this table beyond the visible version.
+            base = self.read(tdef.name, self.log.version) if self.log.version >= tdef.created \
+                else tdef.schema.empty_table()
+            head = KeyedHead(tdef.schema, list(tdef.primary_key), base) if tdef.keyed \
+                else MultisetHead(tdef.schema, base)
+            self._heads[key] = head
+        if head.schema != tdef.schema:  # a column was added: old rows gain it as nulls
+            head.schema = tdef.schema
+            if isinstance(head, KeyedHead):
+                head.base = conform_to(head.base, tdef.schema)
+                head.batches = [conform_to(b, tdef.schema) for b in head.batches]
+            else:
+                head.base = conform_to(head.materialize(), tdef.schema)
+        return head
+
+    def _resolve(self, ops: list[Op]) -> tuple[list, list[_Written]]:
+        """Turn logical ops into encoded operations, checking them all before anything is queued.
+
+        Nothing in the head state changes here: a transaction with two operations on one
+        table is folded into one net change per table first."""
+        resolved: list = []
+        written: dict[tuple[str, int], _Written] = {}
+        pending_ddl: dict[str, TableDef | None] = {}
+
+        def current_def(name: str) -> TableDef | None:
+            if name in pending_ddl:
+                return pending_ddl[name]
+            return self.catalog.get(name, self._head_version)
+
+        row_ops: dict[str, list[Op]] = {}
+        for op in ops:
+            if op.kind == "create_table":
+                if current_def(op.table) is not None:
+                    raise TableExistsError(f"table {op.table!r} already exists")
+                schema = check_table_schema(op.schema, op.primary_key or None, table=op.table)
+                resolved.append(CreateTable(op.table, schema_to_bytes(schema), list(op.primary_key)))
+                pending_ddl[op.table] = TableDef(op.table, schema, tuple(op.primary_key), -1, -1)
+            elif op.kind == "add_column":
+                tdef = current_def(op.table)
+                if tdef is None:
+                    raise TableNotFoundError(f"table {op.table!r} does not exist")
+                schema = add_column_schema(tdef.schema, op.column, table=op.table)
+                resolved.append(AddColumn(op.table, schema_to_bytes(schema)))
+                pending_ddl[op.table] = TableDef(op.table, schema, tdef.primary_key, tdef.created, -1)
+                written[(op.table, tdef.created)] = _Written(0, (op.table, tdef.created), None)
+            elif op.kind == "drop_table":
+                tdef = current_def(op.table)
+                if tdef is None:
+                    raise TableNotFoundError(f"table {op.table!r} does not exist")
+                resolved.append(DropTable(op.table))
+                pending_ddl[op.table] = None
+                written[(op.table, tdef.created)] = _Written(0, (op.table, tdef.created), None)
+            else:
+                if op.table in pending_ddl:
+                    raise UsageError(f"table {op.table!r}: change its rows in a later commit than its DDL")
+                row_ops.setdefault(op.table, []).append(op)
+        for name, table_ops in row_ops.items():
+            tdef = self._def_at_head(name)
+            changes, keys = self._resolve_rows(tdef, table_ops)
+            if changes is None:
+                continue
+            resolved.append(changes)
+            written.setdefault((name, tdef.created), _Written(0, (name, tdef.created), keys))
+        return resolved, list(written.values())
+
+    def _resolve_rows(self, tdef: TableDef, ops: list[Op]):
+        name = tdef.name
+        if not tdef.keyed:
+            plus_parts, minus_parts = [], []
+            for op in ops:
+                if op.kind == "insert":
+                    plus_parts.append(op.rows)
+                elif op.kind == "delete_rows":
+                    minus_parts.append(op.rows)
+                else:
+                    raise UsageError(f"{op.kind.replace('_', ' ')} on table {name!r} needs a primary key, and the "
+                                     f"table has none: use insert, or delete(where=...)")
+            plus = pa.concat_tables(plus_parts) if plus_parts else None
+            minus = pa.concat_tables(minus_parts) if minus_parts else None
+            if minus is not None and minus.num_rows:
+                self._check_rows_exist(tdef, minus)
+            if (plus is None or not plus.num_rows) and (minus is None or not minus.num_rows):
+                return None, None
+            return make_changes(name, plus, minus), None
+        pk = list(tdef.primary_key)
+        head = self._head(tdef)
+        if len(ops) == 1:
+            final_plus, final_minus, inserted = self._single_op_effect(tdef, head, ops[0])
+        else:
+            final_plus, final_minus, inserted = self._net_effect(tdef, head, ops)
+        # final_plus: rows whose key ends set; final_minus: keys that end deleted.
+        upd_new = upd_old = ins = dels = None
+        if final_plus is not None and final_plus.num_rows:
+            locs = head.locate(key_list(final_plus, pk))
+            exists = [loc is not None for loc in locs]
+            if inserted is not None:
+                clash = [k for k, e, i in zip(key_list(final_plus, pk), exists, inserted, strict=True) if e and i]
+                if clash:
+                    raise SchemaError(f"duplicate primary key {self._fmt_keys(pk, clash)} in the insert into table "
+                                      f"{name!r}: already in the table (use upsert to replace rows)")
+            mask = pa.array(exists)
+            upd_new = final_plus.filter(mask)
+            upd_old = head.gather([loc for loc in locs if loc is not None])
+            ins = final_plus.filter(pc.invert(mask))
+        if final_minus is not None and final_minus.num_rows:
+            locs = [loc for loc in head.locate(key_list(final_minus, pk)) if loc is not None]
+            dels = head.gather(locs) if locs else None
+        rows = sum(t.num_rows for t in (upd_new, ins, dels) if t is not None)
+        if rows == 0:
+            return None, None
+        written_keys = [t.select(pk) for t in (final_plus, final_minus) if t is not None and t.num_rows]
+        keys = pa.concat_tables(written_keys, promote_options="permissive") if written_keys else None
+        return make_changes(name, ins, dels, upd_new, upd_old, pk), keys
+
+    def _single_op_effect(self, tdef: TableDef, head, op: Op):
+        pk = list(tdef.primary_key)
+        if op.kind == "insert":
+            return op.rows, None, [True] * op.rows.num_rows
+        if op.kind == "upsert":
+            return op.rows, None, None
+        if op.kind in ("delete_keys", "delete_rows"):
+            return None, op.rows.select(pk), None
+        raise InternalError(f"unknown row operation {op.kind!r}")
+
+    def _net_effect(self, tdef: TableDef, head, ops: list[Op]):
+        """Fold several row operations of one transaction on one keyed table into the final
+        row (or deletion) of each key, checking inserts against the state they meet."""
+        pk = list(tdef.primary_key)
+        local: dict = {}  # key -> (part, row, inserted) | None
+        parts: list[pa.Table] = []
+        for op in ops:
+            if op.kind in ("insert", "upsert"):
+                keys = key_list(op.rows, pk)
+                if op.kind == "insert":
+                    unseen = [k for k in keys if k not in local]
+                    existing = {k for k, loc in zip(unseen, head.locate(unseen), strict=True) if loc is not None}
+                    clash = [k for k in keys if (local.get(k) is not None) or (k not in local and k in existing)]
+                    if clash:
+                        raise SchemaError(f"duplicate primary key {self._fmt_keys(pk, clash)} in the insert into "
+                                          f"table {tdef.name!r}: already in the table (use upsert to replace rows)")
+                p = len(parts)
+                parts.append(op.rows.select(tdef.schema.names))
+                for i, k in enumerate(keys):
+                    local[k] = (p, i)
+            elif op.kind in ("delete_keys", "delete_rows"):
+                for k in key_list(op.rows, pk):
+                    local[k] = None
+            else:
+                raise InternalError(f"unknown row operation {op.kind!r}")
+        live = [(k, loc) for k, loc in local.items() if loc is not None]
+        dead = [k for k, loc in local.items() if loc is None]
+        plus = None
+        if live:
+            by_part: dict[int, list[int]] = {}
+            for _, (p, i) in live:
+                by_part.setdefault(p, []).append(i)
+            plus = pa.concat_tables([parts[p].take(pa.array(rows)) for p, rows in by_part.items()])
+        minus = keys_table(dead, pk, tdef.schema) if dead else None
+        return plus, minus, None
+
+    def _check_rows_exist(self, tdef: TableDef, minus: pa.Table) -> None:
+        head = self._head(tdef)
+        current = head.materialize()
+        check = fold_multiset(current, [(-1, minus)], tdef.schema) if current.num_rows else None
+        if check is None:
+            raise SchemaError(f"delete from table {tdef.name!r}: {minus.num_rows} row(s) to delete, but the table is "
+                              f"empty")
+
+    @staticmethod
+    def _fmt_keys(pk: list[str], keys: list) -> str:
+        shown = keys[:5]
+        if len(pk) == 1:
+            text = ", ".join(f"({pk[0]}={k!r})" for k in shown)
+        else:
+            text = ", ".join("(" + ", ".join(f"{c}={v!r}" for c, v in zip(pk, k, strict=True)) + ")" for k in shown)
+        return text + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+    def _apply_heads(self, ops: list[Op], resolved: list) -> None:
+        """After queueing: bring the head state up to the new commit."""
+        for op in resolved:
+            if isinstance(op, (CreateTable, DropTable)):
+                self._heads = {k: v for k, v in self._heads.items() if k[0] != op.table}
+            elif isinstance(op, Changes):
+                tdef = self.catalog.get(op.table, 1 << 62)
+                head = self._heads.get((op.table, tdef.created))
+                if head is None:
+                    continue
+                plus, minus = expand_changes(op, tdef.schema, self.chunks.get)
+                if isinstance(head, KeyedHead):
+                    head.apply(plus, key_list(minus, list(tdef.primary_key)))
+                else:
+                    head.apply(plus, minus)
+
+    def _spill_to_chunks(self, resolved: list, meta: dict | None) -> bytes:
+        """A commit too large for a frame: its row data goes to chunks (durable before the
+        frame is written), and the frame references them by hash."""
+        spilled = []
+        for op in resolved:
+            if isinstance(op, Changes):
+                blobs = [op.inserts, op.deletes, op.update_old]
+                digests = self.chunks.put_many([b for b in blobs if b])
+                it = iter(digests)
+                refs = [next(it) if b else "" for b in blobs]
+                op = Changes(op.table, b"", b"", op.updates, b"", op.rows_in, op.rows_out, refs)
+            spilled.append(op)
+        resolved[:] = spilled
+        body = encode_commit(Commit(ops=spilled, meta=meta or {}))
+        if len(body) > COMMIT_BODY_BYTES_MAX:
+            raise UsageError(f"commit metadata alone is {len(body)} bytes: expected at most {COMMIT_BODY_BYTES_MAX}")
+        return body
+
+    # ---- checkpoints -----------------------------------------------------------------
+
+    def _maybe_checkpoint(self, resolved: list, version: int) -> None:
+        for op in resolved:
+            if not isinstance(op, Changes):
+                continue
+            tdef = self.catalog.get(op.table, version)
+            if tdef is None:
+                continue
+            last = self.checkpoints.nearest(tdef, version) or tdef.created
+            commits, rows = self.catalog.changed_rows(op.table, last, version)
+            size = max(self.catalog.row_count(op.table, version), 1)
+            if commits >= CHECKPOINT_TAIL_COMMITS_MAX or rows >= max(CHECKPOINT_TAIL_ROWS_MIN,
+                                                                      CHECKPOINT_TAIL_RATIO * size):
+                self._schedule_checkpoint(op.table, version)
+
+    def _schedule_checkpoint(self, name: str, version: int) -> None:
+        if self._checkpoint_queue is None:
+            self._checkpoint_queue = queue.Queue(maxsize=64)
+            self._checkpoint_thread = threading.Thread(target=self._checkpointer, name="udrflow-checkpoint",
+                                                       daemon=True)
+            self._checkpoint_thread.start()
+        try:
+            self._checkpoint_queue.put_nowait((name, version))
+        except queue.Full:
+            pass  # the thread is behind; the next commit asks again
+
+    def _checkpointer(self) -> None:
+        while True:
+            job = self._checkpoint_queue.get()
+            if job is None:
+                return
+            name, version = job
+            try:
+                self.checkpoint(name, version)
+            except BaseException as exc:  # kept for db.checkpoint() / close() to report
+                self.checkpoint_error = exc
+
+    def checkpoint(self, name: str, version: int | None = None) -> int | None:
+        """Write a checkpoint of table ``name`` at ``version`` (default: visible head) unless
+        one exists there; returns its version, or None if the table has no rows history."""
+        v = self.resolve_version(version)
+        tdef = self.catalog.get(name, v)
+        if tdef is None:
+            return None
+        if self.checkpoints.nearest(tdef, v) == v:
+            return v
+        self.checkpoints.write(tdef, v, self.read(name, v))
+        return v
+
+    def close(self) -> None:
+        if self._checkpoint_queue is not None:
+            self._checkpoint_queue.put(None)
+            self._checkpoint_thread.join()
+
+    def rows_removed(self, tdef: TableDef, table: pa.Table, keys: pa.Table) -> pa.Table:
+        return remove_keys(table, keys, list(tdef.primary_key))

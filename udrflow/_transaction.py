@@ -1,0 +1,180 @@
+"""Transactions: a snapshot to read, buffered writes, one atomic commit.
+
+    with db.transaction() as tx:
+        seen = tx.read("accounts")             # the snapshot at begin + this transaction's writes
+        tx.upsert("accounts", rows)
+    tx.version                                 # the commit's version
+
+Isolation (``isolation=``):
+
+- ``"snapshot"`` (default): reads see the database as of begin; at commit, if another
+  commit since begin wrote a key this transaction writes (any row, for a table without a
+  primary key), this one loses with TransactionConflictError.
+- ``"serializable"``: additionally loses if a table it read was written since begin.
+
+A loser leaves nothing visible. ``udrflow.retry(fn)`` re-runs a function that makes a
+transaction until it commits, with exponential backoff and full jitter.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pyarrow as pa
+
+from udrflow._fold import fold_keyed, fold_multiset
+from udrflow._predicate import filter_where
+from udrflow._tables import Op, TableEngine
+from udrflow.errors import InvalidOptionError, TransactionConflictError, UsageError
+
+ISOLATION_LEVELS = ("snapshot", "serializable")
+
+
+class Transaction:
+    def __init__(self, db, engine: TableEngine, isolation: str = "snapshot") -> None:
+        if isolation not in ISOLATION_LEVELS:
+            raise InvalidOptionError(f"isolation must be one of {ISOLATION_LEVELS}: got {isolation!r}")
+        self._db = db
+        self._engine = engine
+        self.isolation = isolation
+        self.begin_version, self._generation = engine.begin()
+        self._ops: list[Op] = []
+        self._read_tables: set[str] = set()
+        self._state = "open"
+        self.version: int | None = None
+        self._lock = threading.Lock()
+
+    # ---- writes (buffered) -----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise UsageError(f"this transaction is {self._state}: start a new one")
+
+    def insert(self, table: str, rows) -> None:
+        self._check_open()
+        self._ops.append(self._db._row_op("insert", table, rows, version=self.begin_version, ops=self._ops))
+
+    def upsert(self, table: str, rows) -> None:
+        self._check_open()
+        self._ops.append(self._db._row_op("upsert", table, rows, version=self.begin_version, ops=self._ops))
+
+    def delete(self, table: str, keys=None, *, where: str | None = None) -> None:
+        """Delete rows by primary key (``keys``: rows holding the key columns) or by a SQL
+        predicate (``where``), evaluated on this transaction's view of the table."""
+        self._check_open()
+        if (keys is None) == (where is None):
+            raise UsageError("delete needs exactly one of keys= or where=")
+        if where is not None:
+            current = self.read(table)
+            matched = filter_where(current, where, table_name=table)
+            tdef = self._engine.table_def(table, self.begin_version) if not self._ddl_on(table) else None
+            pk = list(tdef.primary_key) if tdef else []
+            kind = "delete_keys" if pk else "delete_rows"
+            self._ops.append(Op(kind, table, matched.select(pk) if pk else matched))
+            return
+        self._ops.append(self._db._row_op("delete_keys", table, keys, version=self.begin_version, ops=self._ops))
+
+    def create_table(self, name: str, schema: pa.Schema, primary_key=None) -> None:
+        self._check_open()
+        self._ops.append(self._db._ddl_op("create_table", name, schema=schema, primary_key=primary_key))
+
+    def add_column(self, table: str, column: pa.Field) -> None:
+        self._check_open()
+        self._ops.append(self._db._ddl_op("add_column", table, column=column))
+
+    def drop_table(self, table: str) -> None:
+        self._check_open()
+        self._ops.append(Op("drop_table", table))
+
+    def _ddl_on(self, table: str) -> bool:
+        return any(op.table == table and op.kind in ("create_table", "add_column", "drop_table") for op in self._ops)
+
+    # ---- reads -----------------------------------------------------------------------
+
+    def read(self, table: str) -> pa.Table:
+        """``table`` as of this transaction's snapshot, with its own writes applied."""
+        self._check_open()
+        self._read_tables.add(table)
+        tdef = self._engine.table_def(table, self.begin_version)
+        base = self._engine.read(table, self.begin_version)
+        mine = [op for op in self._ops if op.table == table]
+        if not mine:
+            return base
+        events = []
+        for op in mine:
+            if op.kind in ("insert", "upsert"):
+                events.append((1, op.rows))
+            elif op.kind in ("delete_keys", "delete_rows"):
+                events.append((-1, op.rows))
+        if tdef.keyed:
+            return fold_keyed(base, events, list(tdef.primary_key), tdef.schema)
+        return fold_multiset(base, events, tdef.schema)
+
+    # ---- end -------------------------------------------------------------------------
+
+    def commit(self) -> int | None:
+        """Commit atomically; return the version (None if nothing was written)."""
+        with self._lock:
+            self._check_open()
+            try:
+                if not self._ops:
+                    self._state = "committed"
+                    return None
+                self.version = self._engine.commit(
+                    self._ops, begin=self.begin_version, generation=self._generation,
+                    read_tables=self._read_tables if self.isolation == "serializable" else None)
+                self._state = "committed"
+                return self.version
+            except BaseException:
+                self._state = "rolled back"
+                raise
+            finally:
+                self._engine.end(self.begin_version)
+
+    def rollback(self) -> None:
+        with self._lock:
+            if self._state == "open":
+                self._state = "rolled back"
+                self._ops = []
+                self._engine.end(self.begin_version)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+    def __repr__(self) -> str:
+        return f"<Transaction begin={self.begin_version} {self._state} ops={len(self._ops)} version={self.version}>"
+
+
+def retry(fn, *, attempts: int = 20, delay_s: float = 0.001, delay_max_s: float = 0.2, rng=None):
+    """Call ``fn()`` until it returns without TransactionConflictError, at most ``attempts``
+    times, sleeping between tries with exponential backoff and full jitter.
+
+    >>> import tempfile, pyarrow as pa, udrflow
+    >>> db = udrflow.open(tempfile.mkdtemp() + "/r.udr")
+    >>> _ = db.create_table("t", pa.schema([("k", pa.int64()), ("n", pa.int64())]), primary_key=["k"])
+    >>> def bump():
+    ...     with db.transaction() as tx:
+    ...         n = tx.read("t").num_rows
+    ...         tx.upsert("t", [{"k": 1, "n": n}])
+    ...     return tx.version
+    >>> udrflow.retry(bump)
+    2
+    >>> db.close()
+    """
+    rng = rng or random.Random()
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except TransactionConflictError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(rng.uniform(0, min(delay_max_s, delay_s * (2 ** attempt))))
+    raise UsageError("retry needs attempts >= 1")
