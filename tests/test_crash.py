@@ -366,13 +366,14 @@ def test_power_loss_inside_one_epoch_is_a_torn_tail(tmp_path):
     log_dir = str(tmp_path / "log")
     with EpochLog.open(log_dir) as log:
         acked = [log.append(payload_for(make_key(1, 0, c), 0)) for c in range(3)]
-        durable_end = os.path.getsize(log.segment_paths[-1])
+        durable_end = log._segments[-1].end_offset  # the file itself may extend past it (preallocated zeros)
         # The unacknowledged epoch: a 5 KB frame that crosses a page boundary, then small ones.
         epoch = [b"a" * 5000] + [b"b" * 40, b"c" * 40, b"d" * 40]
         log.append_batch(epoch)
         seg = log.segment_paths[-1]
+        epoch_end = log._segments[-1].end_offset
     lost_page_end = (durable_end // page + 1) * page  # the epoch's first (partial) page is lost
-    assert lost_page_end < durable_end + 5000 + _FRAME_OVERHEAD < os.path.getsize(seg)
+    assert lost_page_end < durable_end + 5000 + _FRAME_OVERHEAD < epoch_end
     with open(seg, "r+b") as f:
         f.seek(durable_end)
         f.write(bytes(lost_page_end - durable_end))

@@ -94,9 +94,12 @@ def build(name: str) -> list[Situation]:
         return [sealed_then_next("sealed then next", 3, b"")]
     if name == "torn_header":
         return [one_segment(f"{k} stray bytes", 3, f[3][:k]) for k in range(1, 8)]
-    if name == "torn_length":
+    if name == "preallocated_end":
         return [one_segment("zeroed tail", 3, bytes(8)),
                 one_segment("zeroed page", 3, bytes(4096)),
+                one_segment("fewer zero bytes than a frame header", 3, bytes(3))]
+    if name == "torn_length":
+        return [one_segment("zero length then garbage", 3, bytes(8) + b"\x01"),
                 one_segment("length too big", 3, set_length(f[3], FRAME_LENGTH_MAX + 1)),
                 one_segment("length below the commit header", 3, set_length(f[3], 15))]
     if name == "bad_length_mid_log":
@@ -131,8 +134,10 @@ def build(name: str) -> list[Situation]:
         return situations
     if name == "sealed_header_partial":
         return [sealed_then_next(f"{k} stray bytes", 3, f[3][:k]) for k in (1, 7)]
+    if name == "sealed_zero_tail":
+        return [sealed_then_next("zeroed tail", 3, bytes(16))]
     if name == "sealed_length_bad":
-        return [sealed_then_next("zeroed tail", 3, bytes(16)),
+        return [sealed_then_next("zero length then garbage", 3, bytes(8) + b"\x01" * 8),
                 sealed_then_next("length too big", 3, set_length(f[3], FRAME_LENGTH_MAX + 1))]
     if name == "sealed_payload_partial":
         return [sealed_then_next("last frame cut short", 3, f[3][:20])]

@@ -13,10 +13,11 @@ import array
 import bisect
 from dataclasses import dataclass
 
+import msgspec
 import pyarrow as pa
 
 from udrflow._commit import AddColumn, Changes, Commit, CreateTable, DropTable
-from udrflow._schema import schema_from_bytes
+from udrflow._schema import schema_from_bytes, schema_to_bytes
 from udrflow.errors import CorruptionError
 
 
@@ -33,10 +34,28 @@ class TableDef:
         return bool(self.primary_key)
 
 
+class _TableSnap(msgspec.Struct):
+    name: str
+    schema: bytes
+    primary_key: list[str]
+    created: int
+    defined: int
+    rows: int
+
+
+class _CatalogSnap(msgspec.Struct):
+    version: int
+    tables: list[_TableSnap]
+
+
+_snap_encoder = msgspec.msgpack.Encoder()
+_snap_decoder = msgspec.msgpack.Decoder(_CatalogSnap)
+
+
 class _History:
     """One table name's definitions over versions, and the versions that changed its rows."""
 
-    __slots__ = ("versions", "defs", "change_versions", "change_rows", "row_deltas")
+    __slots__ = ("versions", "defs", "change_versions", "change_rows", "row_deltas", "rows_base")
 
     def __init__(self) -> None:
         self.versions: list[int] = []           # version at which defs[i] takes effect
@@ -44,6 +63,7 @@ class _History:
         self.change_versions = array.array("Q")
         self.change_rows = array.array("Q")      # rows_in + rows_out of each change
         self.row_deltas = array.array("q")       # rows_in - rows_out of each change
+        self.rows_base = 0                       # rows before the first change held here (snapshots)
 
     def at(self, version: int) -> TableDef | None:
         i = bisect.bisect_right(self.versions, version) - 1
@@ -98,7 +118,32 @@ class Catalog:
         cv = hist.change_versions
         lo = bisect.bisect_right(cv, tdef.created)
         hi = bisect.bisect_right(cv, version)
-        return sum(hist.row_deltas[lo:hi])
+        return hist.rows_base + sum(hist.row_deltas[lo:hi])
+
+    # ---- snapshots: the catalog as of a version, so the log before it can be removed ---
+
+    def snapshot(self, version: int) -> bytes:
+        tables = []
+        for name in self.names(version):
+            tdef = self.get(name, version)
+            tables.append(_TableSnap(name, schema_to_bytes(tdef.schema), list(tdef.primary_key), tdef.created,
+                                     tdef.defined, self.row_count(name, version)))
+        return _snap_encoder.encode(_CatalogSnap(version, tables))
+
+    @classmethod
+    def from_snapshot(cls, data: bytes, path: str) -> Catalog:
+        try:
+            snap = _snap_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise CorruptionError(f"catalog snapshot {path} does not decode: {exc}", path) from exc
+        catalog = cls()
+        for t in snap.tables:
+            hist = catalog._tables.setdefault(t.name, _History())
+            hist.versions.append(t.defined)
+            hist.defs.append(TableDef(t.name, schema_from_bytes(t.schema), tuple(t.primary_key), t.created, t.defined))
+            hist.rows_base = t.rows
+        catalog.version = snap.version
+        return catalog
 
     def get(self, name: str, version: int) -> TableDef | None:
         hist = self._tables.get(name)

@@ -86,6 +86,7 @@ class _HChanges(msgspec.Struct, tag="changes"):
     table: str
     rows_in: int = 0
     rows_out: int = 0
+    chunks: list[str] = []
 
 
 class CommitHeader(msgspec.Struct):

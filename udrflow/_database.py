@@ -76,7 +76,8 @@ class _Store:
         engine = self.engines.get(branch)
         if engine is None:
             checkpoints = CheckpointStore(os.path.join(self.path, "checkpoints", branch), self.io, self.chunks)
-            engine = TableEngine(self.log(branch), self.chunks, checkpoints)
+            engine = TableEngine(self.log(branch), self.chunks, checkpoints, root=self.path, branch=branch,
+                                 io=self.io)
             self.engines[branch] = engine
         return engine
 
@@ -269,7 +270,7 @@ class Database:
         if where is not None:
             with self.transaction() as tx:
                 tx.delete(table, where=where)
-            return tx.version if tx._ops and tx._ops[-1].rows.num_rows else None
+            return tx.version
         engine = self._writable_engine()
         return engine.commit([self._row_op("delete_keys", table, keys)])
 
@@ -303,6 +304,16 @@ class Database:
             raise err
         names = [table] if table else engine.catalog.names(self.log.version)
         return {name: engine.checkpoint(name) for name in names}
+
+    def set_since(self, version: int, tables: list[str] | None = None) -> dict[str, int]:
+        """Retention: give up the history of ``tables`` (default: all) before ``version``.
+        Reads below it raise VersionNotFoundError; ``gc()`` then reclaims the space."""
+        return self._writable_engine().set_since(version, tables)
+
+    def gc(self) -> dict[str, int]:
+        """Remove what no retained version can reach: old checkpoints, log segments below
+        every table's since, unreferenced chunks. Returns what was removed."""
+        return self._writable_engine().gc()
 
     def _ddl_op(self, kind: str, name: str, *, schema=None, primary_key=None, column=None) -> Op:
         check_name(name, "table")

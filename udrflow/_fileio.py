@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import secrets
 
+from udrflow._ext._fastio import pwrite_all
+
 _IOV_MAX = 1024  # the most buffers one pwritev may take on Linux
 
 
@@ -26,6 +28,9 @@ class FileIO:
 
     def pwritev(self, fd: int, buffers: list[bytes], offset: int) -> None:
         """Write all ``buffers`` back to back at ``offset``, looping over short writes."""
+        if all(type(b) is bytes for b in buffers):
+            pwrite_all(fd, buffers, offset)  # Cython: keeps the GIL for small writes
+            return
         views = [memoryview(b) for b in buffers if len(b)]
         while views:
             batch = views[:_IOV_MAX]

@@ -30,6 +30,11 @@ SEGMENT_SIZE_BYTES_MAX = 1024 * MIB
 #: epochs; a single commit bigger than this still goes out whole in its own epoch.
 EPOCH_BYTES_MAX = 8 * MIB
 
+#: The writer keeps up to this many zero bytes written ahead of the log's end, so an
+#: epoch's fdatasync overwrites allocated blocks instead of growing the file (which costs
+#: a file-system journal commit on every fsync). Recovery reads the zeros as the end.
+PREALLOC_STEP_BYTES = 4 * MIB
+
 #: Committers block (back-pressure) while this many bytes wait for an epoch.
 PENDING_BYTES_MAX = 64 * MIB
 

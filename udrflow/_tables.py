@@ -15,10 +15,12 @@ comparing a transaction's written keys with the keys of commits queued since it 
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -37,12 +39,14 @@ from udrflow._commit import (
     expand_changes,
     make_changes,
 )
+from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
 from udrflow._fold import fold_keyed, fold_multiset, remove_keys
 from udrflow._head import KeyedHead, MultisetHead, key_list, keys_table
 from udrflow._limits import COMMIT_BODY_BYTES_MAX
 from udrflow._schema import add_column_schema, check_table_schema, schema_to_bytes
 from udrflow._schema import conform as conform_to
 from udrflow.errors import (
+    CorruptionError,
     InternalError,
     SchemaError,
     TableExistsError,
@@ -50,6 +54,7 @@ from udrflow.errors import (
     TransactionConflictError,
     UsageError,
     VersionNotFoundError,
+    storage_error_from_os,
 )
 from udrflow.log import EpochLog
 
@@ -123,11 +128,18 @@ class _Written:
 
 
 class TableEngine:
-    def __init__(self, log: EpochLog, chunks: ChunkStore, checkpoints: CheckpointStore) -> None:
+    def __init__(self, log: EpochLog, chunks: ChunkStore, checkpoints: CheckpointStore, *,
+                 root: str, branch: str, io: FileIO) -> None:
         self.log = log
         self.chunks = chunks
         self.checkpoints = checkpoints
-        self.catalog = Catalog()
+        self.root = root
+        self.branch = branch
+        self._io = io
+        self._retention_path = os.path.join(root, "retention", f"{branch}.msgpack")
+        self._retention: dict[str, tuple[int, int]] = self._load_retention()  # name -> (created, since)
+        self._maintenance_lock = threading.Lock()  # checkpoint writes vs gc's sweep
+        self.catalog = self._load_catalog_snapshot()
         self.cache = SnapshotCache()
         self._lock = threading.Lock()  # the commit critical section
         self._heads: dict[tuple[str, int], KeyedHead | MultisetHead] = {}
@@ -140,7 +152,7 @@ class TableEngine:
         self._checkpoint_queue: queue.Queue | None = None
         self._checkpoint_thread: threading.Thread | None = None
         self.checkpoint_error: BaseException | None = None
-        self._load_catalog(self.log.since, self.log.version)
+        self._load_catalog(max(self.log.since, self.catalog.version + 1), self.log.version)
         self._head_version = self.log.version
         self._failures_seen = self.log.failures
 
@@ -155,6 +167,41 @@ class TableEngine:
                 self.catalog.apply(record.version, decode_commit(record.payload, record.version))
             else:
                 self.catalog.apply_changes_only(record.version, header)
+
+    def _catalog_snapshot_path(self, version: int) -> str:
+        return os.path.join(self.root, "catalog", self.branch, f"{version:020d}.snap")
+
+    def _load_catalog_snapshot(self) -> Catalog:
+        """The log may start after version 1 (gc removed older segments): then the catalog
+        as of the version before it was saved as a snapshot, and is the starting point."""
+        if self.log.since <= 1:
+            return Catalog()
+        path = self._catalog_snapshot_path(self.log.since - 1)
+        try:
+            with open(path, "rb") as f:
+                return Catalog.from_snapshot(f.read(), path)
+        except FileNotFoundError:
+            raise CorruptionError(f"the log of branch {self.branch!r} starts at version {self.log.since}, but the "
+                                  f"catalog snapshot of version {self.log.since - 1} is missing: expected {path}",
+                                  path) from None
+
+    def _load_retention(self) -> dict[str, tuple[int, int]]:
+        try:
+            with open(self._retention_path, "rb") as f:
+                data = msgspec.msgpack.decode(f.read(), type=dict[str, tuple[int, int]])
+        except FileNotFoundError:
+            return {}
+        except msgspec.DecodeError as exc:
+            raise CorruptionError(f"retention file {self._retention_path} does not decode: {exc}",
+                                  self._retention_path) from exc
+        return data
+
+    def since_of(self, tdef: TableDef) -> int:
+        """The first version of ``tdef``'s table that can still be read."""
+        entry = self._retention.get(tdef.name)
+        if entry is not None and entry[0] == tdef.created:
+            return entry[1]
+        return max(tdef.created, self.log.since - 1)
 
     def refresh(self) -> int:
         """Read-only handles: take in commits another process has made since."""
@@ -188,6 +235,10 @@ class TableEngine:
     def read(self, name: str, version: int | None = None) -> pa.Table:
         v = self.resolve_version(version)
         tdef = self.table_def(name, v)
+        since = self.since_of(tdef)
+        if v < since:
+            raise VersionNotFoundError(f"table {name!r} cannot be read at version {v}: its history before "
+                                       f"since={since} was removed by retention")
         key = (name, tdef.created)
         hit = self.cache.get(key, v)
         if hit is not None:
@@ -255,8 +306,9 @@ class TableEngine:
             self._recent.popleft()
 
     def commit(self, ops: list[Op], *, begin: int | None = None, generation: int | None = None,
-               read_tables: set[str] | None = None, meta: dict | None = None) -> int:
-        """Resolve, validate and queue ``ops`` as one commit; return its version once durable.
+               read_tables: set[str] | None = None, meta: dict | None = None) -> int | None:
+        """Resolve, validate and queue ``ops`` as one commit; return its version once durable,
+        or None when the operations change nothing (then no commit is written).
 
         ``begin`` is None for single operations outside a transaction: they apply to the
         newest state and cannot conflict."""
@@ -271,6 +323,8 @@ class TableEngine:
             resolved, written = self._resolve(ops)
             if begin is not None:
                 self._validate(begin, written, read_tables or set())
+            if not resolved:
+                return None
             body = encode_commit(Commit(ops=resolved, meta=meta or {}))
             if len(body) > COMMIT_BODY_BYTES_MAX:
                 body = self._spill_to_chunks(resolved, meta)
@@ -601,15 +655,93 @@ class TableEngine:
 
     def checkpoint(self, name: str, version: int | None = None) -> int | None:
         """Write a checkpoint of table ``name`` at ``version`` (default: visible head) unless
-        one exists there; returns its version, or None if the table has no rows history."""
+        one exists there; returns its version, or None if the table does not exist then."""
         v = self.resolve_version(version)
         tdef = self.catalog.get(name, v)
         if tdef is None:
             return None
-        if self.checkpoints.nearest(tdef, v) == v:
-            return v
-        self.checkpoints.write(tdef, v, self.read(name, v))
+        with self._maintenance_lock:
+            if self.checkpoints.nearest(tdef, v) == v:
+                return v
+            self.checkpoints.write(tdef, v, self.read(name, v))
         return v
+
+    # ---- retention and garbage collection --------------------------------------------
+
+    def set_since(self, version: int, tables: list[str] | None = None) -> dict[str, int]:
+        """Give up history before ``version`` for ``tables`` (default: every table at that
+        version). Each table gets a checkpoint at ``version``, so reads from there on never
+        need older log; reads below it raise VersionNotFoundError. ``since`` only moves forward."""
+        head = self.log.version
+        names = tables if tables is not None else self.catalog.names(min(max(version, 0), head))
+        for name in names:
+            current = self.since_of(self.table_def(name, head))
+            if version < current:
+                raise UsageError(f"since of table {name!r} is {current}: it only moves forward, got {version}")
+        v = self.resolve_version(version)
+        changed = {}
+        for name in names:
+            tdef = self.table_def(name, v)
+            self.checkpoint(name, v)
+            self._retention[name] = (tdef.created, v)
+            changed[name] = v
+        try:
+            make_dirs_durably(self._io, os.path.dirname(self._retention_path))
+            write_file_durably(self._io, self._retention_path, msgspec.msgpack.encode(self._retention))
+        except OSError as exc:
+            raise storage_error_from_os(exc, "write the retention file", self._retention_path) from exc
+        return changed
+
+    def gc(self) -> dict[str, int]:
+        """Mark and sweep: remove checkpoints older than each table's since, log segments
+        below every table's since, and chunks that nothing retained references."""
+        with self._lock, self._maintenance_lock:
+            head = self.log.version
+            report = {"manifests_removed": 0, "segments_removed": 0, "chunks_removed": 0, "bytes_removed": 0}
+            # 1. Checkpoints below each table's anchor (the checkpoint at its since).
+            for table, created, version in self.checkpoints.all_manifests():
+                entry = self._retention.get(table)
+                if entry is not None and entry[0] == created and version < entry[1]:
+                    self.checkpoints.delete(table, created, version)
+                    report["manifests_removed"] += 1
+            # 2. Log segments: every table alive at the cut must have its since at or past it.
+            cut = head + 1
+            for name in self.catalog.names(head):
+                cut = min(cut, self.since_of(self.table_def(name, head)) + 1)
+            for dropped, (_created, since) in self._retention.items():
+                if self.catalog.get(dropped, head) is None:
+                    cut = min(cut, since + 1)
+            cut = min(cut, head)
+            if cut > self.log.since:
+                path = self._catalog_snapshot_path(cut - 1)
+                try:
+                    make_dirs_durably(self._io, os.path.dirname(path))
+                    write_file_durably(self._io, path, self.catalog.snapshot(cut - 1))
+                except OSError as exc:
+                    raise storage_error_from_os(exc, "write the catalog snapshot", path) from exc
+                removed = self.log.drop_segments_before(cut)
+                report["segments_removed"] = len(removed)
+            # 3. Chunks: referenced by a retained manifest (any branch) or a retained commit.
+            live = self._referenced_chunks()
+            for digest in list(self.chunks.digests()):
+                if digest not in live:
+                    report["bytes_removed"] += os.path.getsize(self.chunks.path_of(digest))
+                    self.chunks.delete(digest)
+                    report["chunks_removed"] += 1
+            return report
+
+    def _referenced_chunks(self) -> set[str]:
+        live: set[str] = set()
+        root = os.path.join(self.root, "checkpoints")
+        for branch in os.listdir(root) if os.path.isdir(root) else []:
+            store = self.checkpoints if branch == self.branch else CheckpointStore(
+                os.path.join(root, branch), self._io, self.chunks)
+            for table, created, version in store.all_manifests():
+                live.update(store.manifest(table, created, version).chunks)
+        for record in self.log.scan():
+            for op in decode_header(record.payload, record.version).ops:
+                live.update(h for h in getattr(op, "chunks", ()) if h)
+        return live
 
     def close(self) -> None:
         if self._checkpoint_queue is not None:

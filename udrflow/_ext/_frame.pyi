@@ -12,6 +12,7 @@ STOP_PAYLOAD_PARTIAL: int
 STOP_CHECKSUM_BAD: int
 STOP_VERSION_BAD: int
 STOP_COUNT: int
+STOP_ZERO_TAIL: int
 
 class LogRecord:
     version: int

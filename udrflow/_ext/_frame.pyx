@@ -40,6 +40,7 @@ cdef enum Stop:
     S_CHECKSUM_BAD = 4     # a whole frame whose checksum does not match
     S_VERSION_BAD = 5      # a valid frame, but not the next version in sequence
     S_COUNT = 6            # decode_frames: the requested number of frames was read
+    S_ZERO_TAIL = 7        # every byte from here to the end is zero (space the writer preallocated)
 
 STOP_END = S_END
 STOP_HEADER_PARTIAL = S_HEADER_PARTIAL
@@ -48,6 +49,7 @@ STOP_PAYLOAD_PARTIAL = S_PAYLOAD_PARTIAL
 STOP_CHECKSUM_BAD = S_CHECKSUM_BAD
 STOP_VERSION_BAD = S_VERSION_BAD
 STOP_COUNT = S_COUNT
+STOP_ZERO_TAIL = S_ZERO_TAIL
 
 cdef array _U64 = _pyarray.array("Q")
 cdef array _I64 = _pyarray.array("q")
@@ -61,6 +63,14 @@ cdef inline uint64_t _ld64(const unsigned char *p) nogil:
     cdef uint64_t v
     memcpy(&v, p, 8)
     return v
+
+cdef inline bint _all_zero(const unsigned char *p, Py_ssize_t n) nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i]:
+            return False
+    return True
+
 
 cdef inline uint32_t _frame_crc(const unsigned char *frame, uint32_t length) nogil:
     # CRC of the length field followed by the payload (skipping the stored crc itself).
@@ -183,11 +193,11 @@ def scan_frames(const unsigned char[::1] buf, Py_ssize_t start, uint64_t expecte
             status = S_END
             break
         if n - pos < 8:
-            status = S_HEADER_PARTIAL
+            status = S_ZERO_TAIL if _all_zero(p + pos, n - pos) else S_HEADER_PARTIAL
             break
         length = _ld32(p + pos)
         if length < 20 or length > length_max:
-            status = S_LENGTH_BAD
+            status = S_ZERO_TAIL if length == 0 and _all_zero(p + pos, n - pos) else S_LENGTH_BAD
             break
         if <Py_ssize_t>length > n - pos - 8:
             status = S_PAYLOAD_PARTIAL

@@ -19,6 +19,7 @@ from udrflow._fileio import FileIO
 HEAD_NAME = "HEAD"
 _MAGIC = b"UDRH"
 _BODY = struct.Struct("<4sIQQQ")  # magic, format, version, segment first version, end offset
+_CRC = struct.Struct("<I")
 HEAD_BYTES = _BODY.size + 4
 
 
@@ -52,8 +53,10 @@ class HeadWriter:
         self.path = os.path.join(directory, HEAD_NAME)
         self._fd = io.open(self.path, os.O_RDWR | os.O_CREAT)
 
-    def publish(self, head: Head) -> None:
-        self._io.pwritev(self._fd, [encode_head(head)], 0)
+    def publish(self, version: int, segment_first_version: int, end_offset: int) -> None:
+        # On the commit path of every epoch: pack directly, no intermediate objects.
+        body = _BODY.pack(_MAGIC, 1, version, segment_first_version, end_offset)
+        self._io.pwritev(self._fd, [body + _CRC.pack(crc32c(body))], 0)
 
     def close(self) -> None:
         self._io.close(self._fd)

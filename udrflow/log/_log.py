@@ -239,6 +239,29 @@ class EpochLog:
             raise ReadOnlyError(f"the log of {self.directory} is open read-only: open it without readonly=True to write")
         return self._writer
 
+    def drop_segments_before(self, version: int) -> list[str]:
+        """Writer only: delete every sealed segment whose commits are all below ``version``
+        (retention); ``since`` becomes the first version left. Returns the deleted paths."""
+        writer = self._require_writer()
+        with self._cond:
+            doomed = [s for s in self._segments[:-1] if s.last_version < version]
+            if not doomed:
+                return []
+            self._segments = self._segments[len(doomed):]
+        for segment in doomed:
+            segment.close()
+            try:
+                writer._io.unlink(segment.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise storage_error_from_os(exc, "delete the log segment", segment.path) from exc
+        try:
+            writer._io.fsync_dir(self.directory)
+        except OSError as exc:
+            raise storage_error_from_os(exc, "sync the log directory", self.directory) from exc
+        return [s.path for s in doomed]
+
     # ---- reading -----------------------------------------------------------------
 
     def read(self, version: int) -> LogRecord:

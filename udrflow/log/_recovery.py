@@ -45,6 +45,7 @@ class FrameState(enum.Enum):
     PAYLOAD_PARTIAL = "payload_partial" # the length runs past the end of the file
     CHECKSUM_BAD = "checksum_bad"       # a whole frame whose checksum does not match
     VERSION_BAD = "version_bad"         # checksum-valid, but not the expected next version
+    ZERO_TAIL = "zero_tail"             # every byte from here to the end of the file is zero
 
 
 _STATE_OF_STOP = {
@@ -54,6 +55,7 @@ _STATE_OF_STOP = {
     _frame.STOP_PAYLOAD_PARTIAL: FrameState.PAYLOAD_PARTIAL,
     _frame.STOP_CHECKSUM_BAD: FrameState.CHECKSUM_BAD,
     _frame.STOP_VERSION_BAD: FrameState.VERSION_BAD,
+    _frame.STOP_ZERO_TAIL: FrameState.ZERO_TAIL,
 }
 
 
@@ -90,6 +92,11 @@ DECISION_TABLE: tuple[Case, ...] = (
     Case("end_of_log", _S.END, True, ANY, _A.STOP, "the last segment ends on a frame boundary: a clean end"),
     Case("end_of_sealed", _S.END, False, ANY, _A.NEXT_SEGMENT,
          "a sealed segment ends on a frame boundary; its successor must start at the next version"),
+    Case("preallocated_end", _S.ZERO_TAIL, True, ANY, _A.STOP,
+         "only zeros to the end of the last segment: space the writer preallocated (or pages a crash "
+         "never wrote): the log ends here"),
+    Case("sealed_zero_tail", _S.ZERO_TAIL, False, ANY, _A.CORRUPT,
+         "sealed segments are cut to their last frame before they are sealed, so zeros there are damage"),
     Case("torn_header", _S.HEADER_PARTIAL, True, ANY, _A.TRUNCATE,
          "a crash cut the last frame's header short; it was never acknowledged"),
     Case("torn_length", _S.LENGTH_BAD, True, False, _A.TRUNCATE,

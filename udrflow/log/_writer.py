@@ -30,7 +30,7 @@ from collections import deque
 from udrflow._clock import Clock
 from udrflow._ext import _frame
 from udrflow._fileio import FileIO
-from udrflow._limits import EPOCH_BYTES_MAX, PENDING_BYTES_MAX, SEGMENT_HEADER_BYTES
+from udrflow._limits import EPOCH_BYTES_MAX, PENDING_BYTES_MAX, PREALLOC_STEP_BYTES, SEGMENT_HEADER_BYTES
 from udrflow.errors import (
     DatabaseClosedError,
     LogPoisonedError,
@@ -38,10 +38,11 @@ from udrflow.errors import (
     require,
     storage_error_from_os,
 )
-from udrflow.log._head import Head, HeadWriter
+from udrflow.log._head import HeadWriter
 from udrflow.log._segment import Segment, create_segment
 
 _OVERHEAD = _frame.FRAME_OVERHEAD_BYTES
+_ZERO_BLOCK = bytes(1024 * 1024)
 
 
 class Durability:
@@ -63,7 +64,12 @@ class Durability:
 
 
 class _Ticket:
-    __slots__ = ("bodies", "version_first", "timestamp_us", "nbytes", "done", "error")
+    """One queued append. Its committing thread sleeps on its own lock, so finishing an
+    epoch wakes exactly the threads it concerns (its committers and the next leader),
+    not every waiter: with many threads a shared condition's notify_all costs more than
+    the epoch's write."""
+
+    __slots__ = ("bodies", "version_first", "timestamp_us", "nbytes", "done", "error", "lock", "sleeping")
 
     def __init__(self, bodies: list[bytes], version_first: int, timestamp_us: int, nbytes: int) -> None:
         self.bodies = bodies
@@ -72,6 +78,15 @@ class _Ticket:
         self.nbytes = nbytes
         self.done = False
         self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.lock.acquire()  # held until someone wakes the thread that waits on it
+        self.sleeping = False
+
+    def wake(self) -> None:
+        """Called with the writer's lock held."""
+        if self.sleeping:
+            self.sleeping = False
+            self.lock.release()
 
 
 class _EpochFailed(Exception):
@@ -110,13 +125,14 @@ class LogWriter:
         self._segment = last
         self._write_offset = last.end_offset
         self._fd = self._open_segment(last.path)
+        self._prealloc_end = os.fstat(self._fd).st_size  # zeros beyond _write_offset, if any
         self._unsynced = False
         # Commits written since the last successful fdatasync; stamped into each frame
         # (see _frame.pyx) so recovery can tell a torn unsynced run from damage.
         self._unsynced_frames = 0
         self._head = HeadWriter(io, log.directory)
         self._head_ok = True
-        self._publish_head(log._visible_version, last)
+        self._publish_head(log._visible_version, last.first_version, last.end_offset)
         self._syncer_stop = threading.Event()
         self._syncer: threading.Thread | None = None
         if durability == Durability.INTERVAL:
@@ -175,7 +191,12 @@ class LogWriter:
         with cond:
             while not ticket.done:
                 if self._flushing:
-                    cond.wait()
+                    ticket.sleeping = True
+                    cond.release()
+                    try:
+                        ticket.lock.acquire()  # until ticket.wake(): done, or lead the next epoch
+                    finally:
+                        cond.acquire()
                     continue
                 batch = self._take_epoch()
                 self._flushing = True
@@ -196,9 +217,16 @@ class LogWriter:
                     self._flushing = False
                 if failure is None:
                     self._complete(batch, result)
+                    woken = batch
                 else:
-                    self._fail(batch, failure)
-                cond.notify_all()
+                    woken = self._fail(batch, failure)
+                for t in woken:
+                    t.wake()
+                for t in self._pending:  # the first committer already waiting leads the next epoch
+                    if t.sleeping:
+                        t.wake()
+                        break
+                cond.notify_all()  # followers of the log, back-pressured committers, close()
         if ticket.error is not None:
             raise ticket.error
 
@@ -232,13 +260,15 @@ class LogWriter:
                         bodies, start, ticket.version_first + start, ticket.timestamp_us, pos, budget,
                         self._unsynced_frames)
                     if count == 0:
-                        # The segment is full: seal it (write + fdatasync what it holds) and roll.
+                        # The segment is full: seal it (write, cut the preallocated zeros, fdatasync)
+                        # and roll. Recovery treats zeros at the end of a sealed segment as damage.
                         require(pos > SEGMENT_HEADER_BYTES, "a body larger than an empty segment passed validation")
-                        self._write(segment, fd, buffers, pos - sum(map(len, buffers)), epoch_start, sealed_any,
-                                    unsynced_at_start)
+                        self._write_frames(segment, fd, buffers, pos, epoch_start, sealed_any, unsynced_at_start)
+                        self._cut(segment, fd, pos)
                         self._sync(segment, fd)
                         updates.append((segment, seg_offsets, seg_stamps, pos))
                         segment, fd = self._roll(ticket.version_first + start)
+                        self._prealloc_end = SEGMENT_HEADER_BYTES
                         sealed_any = True
                         pos = SEGMENT_HEADER_BYTES
                         buffers, seg_offsets, seg_stamps = [], array.array("Q"), array.array("q")
@@ -249,16 +279,38 @@ class LogWriter:
                     seg_stamps.extend(array.array("q", [ticket.timestamp_us]) * count)
                     pos += len(data)
                     start += count
-            self._write(segment, fd, buffers, pos - sum(map(len, buffers)), epoch_start, sealed_any,
-                        unsynced_at_start)
+            self._write_frames(segment, fd, buffers, pos, epoch_start, sealed_any, unsynced_at_start)
             if self._durability == Durability.SYNC:
                 self._sync(segment, fd)
             else:
                 self._unsynced = True
             updates.append((segment, seg_offsets, seg_stamps, pos))
             self._write_offset = pos
-            self._publish_head(batch[-1].version_first + len(batch[-1].bodies) - 1, segment, pos)
+            self._publish_head(batch[-1].version_first + len(batch[-1].bodies) - 1, segment.first_version, pos)
             return updates
+
+    def _write_frames(self, segment: Segment, fd: int, buffers: list[bytes], end: int,
+                      epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
+        """Write ``buffers`` so they end at ``end``, first zero-filling ahead if needed."""
+        if end > self._prealloc_end:
+            fill_end = min(max(end, self._prealloc_end) + PREALLOC_STEP_BYTES,
+                           max(end, self._segment_size_bytes))
+            size = fill_end - self._prealloc_end
+            zeros = [_ZERO_BLOCK] * (size // len(_ZERO_BLOCK))
+            if size % len(_ZERO_BLOCK):
+                zeros.append(bytes(size % len(_ZERO_BLOCK)))
+            self._write(segment, fd, zeros, self._prealloc_end, epoch_start, sealed_any, unsynced_at_start)
+            self._prealloc_end = fill_end
+        self._write(segment, fd, buffers, end - sum(map(len, buffers)), epoch_start, sealed_any, unsynced_at_start)
+
+    def _cut(self, segment: Segment, fd: int, end: int) -> None:
+        if self._prealloc_end > end:
+            try:
+                self._io.ftruncate(fd, end)
+            except OSError as exc:
+                raise _EpochFailed(self._poison_error(f"cutting {segment.path} to its last frame failed", exc),
+                                   True) from exc
+            self._prealloc_end = end
 
     def _write(self, segment: Segment, fd: int, buffers: list[bytes], offset: int,
                epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
@@ -274,6 +326,7 @@ class LogWriter:
             except OSError as undo_exc:
                 raise _EpochFailed(self._poison_error("a failed write could not be undone", undo_exc), True) from exc
             self._unsynced_frames = unsynced_at_start
+            self._prealloc_end = epoch_start
             raise _EpochFailed(error, poison=False) from exc
 
     def _sync(self, segment: Segment, fd: int) -> None:
@@ -307,14 +360,13 @@ class LogWriter:
         err.__cause__ = exc
         return err
 
-    def _publish_head(self, version: int, segment: Segment, end_offset: int | None = None) -> None:
+    def _publish_head(self, version: int, segment_first_version: int, end_offset: int) -> None:
         # HEAD is a hint for readers in other processes; the commits are already durable,
         # so a failure here must not fail them. Readers without HEAD scan to end of file.
         if not self._head_ok:
             return
         try:
-            self._head.publish(Head(version, segment.first_version,
-                                    segment.end_offset if end_offset is None else end_offset))
+            self._head.publish(version, segment_first_version, end_offset)
         except OSError:
             self._head_ok = False
 
@@ -338,7 +390,7 @@ class LogWriter:
             ticket.done = True
             ticket.bodies = None  # let the payloads go now, not when the caller drops the ticket
 
-    def _fail(self, batch: list[_Ticket], failure: _EpochFailed) -> None:
+    def _fail(self, batch: list[_Ticket], failure: _EpochFailed) -> list[_Ticket]:
         """Fail the epoch's tickets and everything queued behind them. Holds the lock."""
         if failure.poison:
             self._poisoned = failure.error
@@ -352,6 +404,7 @@ class LogWriter:
             ticket.error = self._copy_error(failure.error)
             ticket.done = True
             ticket.bodies = None
+        return failed
 
     @staticmethod
     def _copy_error(error: StorageError) -> StorageError:

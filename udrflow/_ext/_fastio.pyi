@@ -1,0 +1,3 @@
+GIL_RELEASE_BYTES_MIN: int
+
+def pwrite_all(fd: int, buffers: list[bytes], offset: int) -> None: ...
