@@ -49,6 +49,32 @@ def test_verify_reports_corruption_with_file_and_offset(tmp_path):
     assert "checksum bad in segment 00000000000000000001.seg at byte 32 (version 1)" in proc.stderr
 
 
+def test_tables_read_gc(tmp_path):
+    db = str(tmp_path / "shop.udr")
+    with udrflow.open(db) as handle:
+        import pyarrow as pa
+
+        handle.create_table("orders", pa.schema([("id", pa.int64()), ("amount", pa.float64())]), primary_key=["id"])
+        v = handle.insert("orders", [{"id": 1, "amount": 9.5}, {"id": 2, "amount": 3.0}])
+        handle.delete("orders", keys=[{"id": 2}])
+    assert "orders" in run("tables", "--db", db).stdout and "1 rows  key: id" in run("tables", "--db", db).stdout
+    out = run("read", "orders", "--db", db, "--version", str(v), "--format", "json").stdout
+    assert sorted(json.loads(line)["id"] for line in out.splitlines()) == [1, 2]
+    assert "(1 rows)" in run("read", "orders", "--db", db).stdout
+    assert run("read", "orders", "--db", db, "--format", "csv").stdout == '"id","amount"\n1,9.5\n'
+    parquet = tmp_path / "o.parquet"
+    run("read", "orders", "--db", db, "--format", "parquet", "--out", str(parquet))
+    assert parquet.exists()
+    log = run("log", "--db", db).stdout
+    assert "create_table orders" in log and "orders +2/-0" in log and "orders +0/-1" in log
+    out = run("gc", "--db", db, "--since", str(v + 1)).stdout
+    assert "since of orders: 3" in out and "chunks removed" in out
+    proc = run("read", "orders", "--db", db, "--version", str(v), check=False)
+    assert proc.returncode == 1 and "since=3" in proc.stderr
+    proc = run("read", "nope", "--db", db, check=False)
+    assert proc.returncode == 1 and "table 'nope' does not exist" in proc.stderr
+
+
 def test_missing_db_argument_is_a_clear_error():
     env = {k: v for k, v in os.environ.items() if k != "UDRFLOW_DB"}
     proc = subprocess.run([*CLI, "log"], capture_output=True, text=True, env=env)

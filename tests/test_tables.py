@@ -146,6 +146,22 @@ def test_checkpoints_change_no_read_and_dedupe_unchanged_ranges(tmp_path):
         assert db.read("t", version=v1).num_rows == n
 
 
+@pytest.mark.parametrize("pk", [["name"], ["name", "n"]])
+def test_checkpoints_with_string_and_composite_keys(tmp_path, pk):
+    with udrflow.open(tmp_path / "s.udr") as db:
+        db.create_table("t", pa.schema([("name", pa.string()), ("n", pa.int64()), ("v", pa.float64())]),
+                        primary_key=pk)
+        n = 60_000
+        data = pa.table({"name": [f"key-{i:06d}" for i in range(n)], "n": np.arange(n) % 7,
+                         "v": np.arange(n, dtype=np.float64)})
+        v = db.insert("t", data)
+        db.checkpoint("t")
+        manifest = db._engine().checkpoints.manifest("t", 1, v)
+        assert len(manifest.chunks) > 1 and sum(manifest.chunk_rows) == n  # content-defined cuts happened
+        db._engine().cache = type(db._engine().cache)()
+        assert sorted(r["name"] for r in db.read("t").to_pylist()) == [f"key-{i:06d}" for i in range(n)]
+
+
 def test_automatic_checkpoints_bound_the_tail(tmp_path):
     from udrflow._tables import CHECKPOINT_TAIL_COMMITS_MAX
 

@@ -64,8 +64,8 @@ def key_hashes(table: pa.Table, pk: list[str]) -> np.ndarray:
             arr = col.cast(pa.large_binary())
             _, offsets, data = arr.buffers()
             offs = np.frombuffer(offsets, dtype=np.int64)
-            vals = np.frombuffer(hash_large_binary(offs, data if data is not None else b"", arr.offset, len(arr)),
-                                 dtype=np.uint32).astype(np.uint64)
+            raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+            vals = np.frombuffer(hash_large_binary(offs, raw, arr.offset, len(arr)), dtype=np.uint32).astype(np.uint64)
         else:
             vals = pc.cast(col, pa.int64(), safe=False).to_numpy(zero_copy_only=False).view(np.uint64)
         with np.errstate(over="ignore"):

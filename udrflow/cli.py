@@ -4,8 +4,8 @@ Every command names its database with ``--db PATH``, or else the ``UDRFLOW_DB``
 environment variable. Errors print one line naming what was expected and found, and
 exit with status 1 (2 for usage errors, as argparse does).
 
-Commands today: ``init``, ``log``, ``verify``, ``demo``. (``tables``, ``sql``, ``read``,
-``subscribe``, ``branch``, ``diff``, ``merge``, ``views``, ``ingest``, ``sink``, ``gc`` arrive
+Commands today: ``init``, ``tables``, ``read``, ``log``, ``verify``, ``gc``, ``demo``.
+(``sql``, ``subscribe``, ``branch``, ``diff``, ``merge``, ``views``, ``ingest``, ``sink`` arrive
 with the features they drive.)
 """
 
@@ -39,6 +39,98 @@ def cmd_init(args) -> int:
     return 0
 
 
+def _describe(payload: bytes, version: int) -> str:
+    """One line about a commit: its operations, or the raw bytes if it is not a table commit."""
+    from udrflow._commit import decode_header
+
+    try:
+        header = decode_header(payload, version)
+    except UdrflowError:
+        return repr(payload[:40])
+    parts = []
+    for op in header.ops:
+        kind = type(op).__struct_config__.tag
+        if kind == "changes":
+            parts.append(f"{op.table} +{op.rows_in}/-{op.rows_out}")
+        else:
+            parts.append(f"{kind} {op.table}")
+    return ", ".join(parts) or "(no operations)"
+
+
+def _version_option(args):
+    if getattr(args, "at", None):
+        when = dt.datetime.fromisoformat(args.at)
+        return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    return args.version
+
+
+def cmd_tables(args) -> int:
+    with udrflow.open(_db_path(args), readonly=True, create=False, branch=args.branch) as db:
+        version = _version_option(args)
+        names = db.tables(version=version if isinstance(version, int) else None)
+        if not names:
+            print("no tables")
+        for name in names:
+            key = db.primary_key(name)
+            rows = db.read(name, version=version).num_rows
+            print(f"{name:<30} {rows:>12,} rows  key: {', '.join(key) if key else '(none)'}  "
+                  f"columns: {', '.join(db.schema(name).names)}")
+    return 0
+
+
+def cmd_read(args) -> int:
+    with udrflow.open(_db_path(args), readonly=True, create=False, branch=args.branch) as db:
+        table = db.read(args.table, version=_version_option(args))
+        if args.limit is not None:
+            table = table.slice(0, args.limit)
+        write_table(table, args.format, args.out)
+    return 0
+
+
+def write_table(table, fmt: str, out: str | None) -> None:
+    """Print or save an Arrow table as table | csv | json | parquet."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        if not out:
+            raise SystemExit("udrflow: error: --format parquet needs --out FILE")
+        pq.write_table(table, out)
+        print(f"wrote {table.num_rows} rows to {out}")
+        return
+    stream = open(out, "w") if out else sys.stdout  # noqa: SIM115 - closed below when it is a file
+    try:
+        if fmt == "csv":
+            import pyarrow.csv as pcsv
+
+            sink = __import__("io").BytesIO()
+            pcsv.write_csv(table, sink)
+            stream.write(sink.getvalue().decode())
+        elif fmt == "json":
+            for row in table.to_pylist():
+                stream.write(json.dumps(row, default=str) + "\n")
+        else:
+            names = table.column_names
+            rows = [[("" if v is None else str(v)) for v in r.values()] for r in table.to_pylist()]
+            widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+            stream.write("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)) + "\n")
+            for r in rows:
+                stream.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + "\n")
+            stream.write(f"({table.num_rows} rows)\n")
+    finally:
+        if out:
+            stream.close()
+
+
+def cmd_gc(args) -> int:
+    with udrflow.open(_db_path(args), create=False, branch=args.branch) as db:
+        if args.since is not None:
+            for name, since in db.set_since(args.since).items():
+                print(f"since of {name}: {since}")
+        report = db.gc()
+        print(", ".join(f"{k.replace('_', ' ')}: {v:,}" for k, v in report.items()))
+    return 0
+
+
 def cmd_log(args) -> int:
     path = _db_path(args)
     with udrflow.open(path, readonly=True, branch=args.branch) as db:
@@ -52,12 +144,12 @@ def cmd_log(args) -> int:
         shown = 0
         try:
             for record in records:
+                what = _describe(record.payload, record.version)
                 if args.format == "json":
                     print(json.dumps({"version": record.version, "timestamp": _iso(record.timestamp_us),
-                                      "bytes": len(record.payload)}), flush=args.follow)
+                                      "bytes": len(record.payload), "operations": what}), flush=args.follow)
                 else:
-                    preview = record.payload[:40]
-                    print(f"{record.version:>10}  {_iso(record.timestamp_us)}  {len(record.payload):>9} B  {preview!r}",
+                    print(f"{record.version:>10}  {_iso(record.timestamp_us)}  {len(record.payload):>9} B  {what}",
                           flush=args.follow)
                 shown += 1
                 if args.limit is not None and shown >= args.limit:
@@ -103,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("init", cmd_init, "create a database (or check an existing one opens)")
+    p = add("tables", cmd_tables, "list the tables (with row counts and keys) at a version")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--at", default=None, help="an ISO time instead of --version (naive = UTC)")
+    p = add("read", cmd_read, "print a table as of a version")
+    p.add_argument("table")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--version", type=int, default=None, help="default: the head")
+    p.add_argument("--at", default=None, help="an ISO time instead of --version (naive = UTC)")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    p.add_argument("--out", default=None, help="write to this file instead of standard output")
+    p = add("gc", cmd_gc, "reclaim space: optionally move every table's since forward, then collect garbage")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--since", type=int, default=None, help="give up history before this version first")
     p = add("log", cmd_log, "list the commits of a branch's log")
     p.add_argument("--branch", default="main")
     p.add_argument("--from-version", type=int, default=None, help="first version to show (default: the oldest)")
