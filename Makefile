@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip setuptools wheel
+	$(PIP) install --quiet --upgrade pip setuptools wheel "Cython>=3.0"
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.created pyproject.toml setup.py
