@@ -55,15 +55,22 @@ _snap_decoder = msgspec.msgpack.Decoder(_CatalogSnap)
 class _History:
     """One table name's definitions over versions, and the versions that changed its rows."""
 
-    __slots__ = ("versions", "defs", "change_versions", "change_rows", "row_deltas", "rows_base")
+    __slots__ = ("versions", "defs", "change_versions", "change_rows_cum", "rows_cum", "rows_base")
 
     def __init__(self) -> None:
         self.versions: list[int] = []           # version at which defs[i] takes effect
         self.defs: list[TableDef | None] = []   # None: dropped
         self.change_versions = array.array("Q")
-        self.change_rows = array.array("Q")      # rows_in + rows_out of each change
-        self.row_deltas = array.array("q")       # rows_in - rows_out of each change
+        # Running sums, so a range costs two lookups however long the history:
+        self.change_rows_cum = array.array("Q")  # rows changed (max of in/out per commit) up to each change
+        self.rows_cum = array.array("q")         # table size (rows_in - rows_out summed) after each change
         self.rows_base = 0                       # rows before the first change held here (snapshots)
+
+    def add_change(self, version: int, rows_in: int, rows_out: int) -> None:
+        self.change_versions.append(version)
+        self.change_rows_cum.append((self.change_rows_cum[-1] if self.change_rows_cum else 0)
+                                    + max(rows_in, rows_out))
+        self.rows_cum.append((self.rows_cum[-1] if self.rows_cum else self.rows_base) + rows_in - rows_out)
 
     def at(self, version: int) -> TableDef | None:
         i = bisect.bisect_right(self.versions, version) - 1
@@ -80,9 +87,7 @@ class Catalog:
         for op in commit.ops:
             hist = self._tables.setdefault(op.table, _History())
             if isinstance(op, Changes):
-                hist.change_versions.append(version)
-                hist.change_rows.append(op.rows_in + op.rows_out)
-                hist.row_deltas.append(op.rows_in - op.rows_out)
+                hist.add_change(version, op.rows_in, op.rows_out)
             elif isinstance(op, CreateTable):
                 hist.versions.append(version)
                 hist.defs.append(TableDef(op.table, schema_from_bytes(op.schema), tuple(op.primary_key),
@@ -103,10 +108,7 @@ class Catalog:
     def apply_changes_only(self, version: int, header) -> None:
         """Fast path at open for commits without DDL: record which tables they changed."""
         for op in header.ops:
-            hist = self._tables.setdefault(op.table, _History())
-            hist.change_versions.append(version)
-            hist.change_rows.append(op.rows_in + op.rows_out)
-            hist.row_deltas.append(op.rows_in - op.rows_out)
+            self._tables.setdefault(op.table, _History()).add_change(version, op.rows_in, op.rows_out)
         self.version = max(self.version, version)
 
     def row_count(self, name: str, version: int) -> int:
@@ -118,7 +120,10 @@ class Catalog:
         cv = hist.change_versions
         lo = bisect.bisect_right(cv, tdef.created)
         hi = bisect.bisect_right(cv, version)
-        return hist.rows_base + sum(hist.row_deltas[lo:hi])
+        if hi == lo:
+            return hist.rows_base if lo == 0 else 0
+        start = hist.rows_cum[lo - 1] if lo > 0 else hist.rows_base
+        return (hist.rows_base if lo == 0 else 0) + hist.rows_cum[hi - 1] - start
 
     # ---- snapshots: the catalog as of a version, so the log before it can be removed ---
 
@@ -163,14 +168,18 @@ class Catalog:
         return cv[lo:hi].tolist()
 
     def changed_rows(self, name: str, after: int, upto: int) -> tuple[int, int]:
-        """(commits, rows changed) for table ``name`` in (after, upto]: the tail a read replays."""
+        """(commits, rows changed) for table ``name`` in (after, upto]: the tail a read replays.
+        A commit counts the larger of its inserted and deleted rows (an update counts once)."""
         hist = self._tables.get(name)
         if hist is None:
             return 0, 0
         cv = hist.change_versions
         lo = bisect.bisect_right(cv, after)
         hi = bisect.bisect_right(cv, upto)
-        return hi - lo, sum(hist.change_rows[lo:hi])
+        if hi == lo:
+            return 0, 0
+        cum = hist.change_rows_cum
+        return hi - lo, cum[hi - 1] - (cum[lo - 1] if lo > 0 else 0)
 
     def last_ddl_version(self, name: str) -> int:
         hist = self._tables.get(name)

@@ -16,6 +16,7 @@ written durably after its chunks.
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 
@@ -125,11 +126,8 @@ class CheckpointStore:
         """The latest checkpoint version <= ``version`` of this table (this incarnation)."""
         with self._lock:
             versions = self._index.get((tdef.name, tdef.created), [])
-            best = None
-            for v in versions:
-                if v <= version:
-                    best = v
-            return best
+            i = bisect.bisect_right(versions, version)
+            return versions[i - 1] if i else None
 
     def versions(self, table: str, created: int) -> list[int]:
         with self._lock:

@@ -8,11 +8,14 @@ any Arrow data.
 Row changes are weighted (the change-batch model of DESIGN.md): every table operation
 is a set of +1 rows (inserted) and -1 rows (deleted, with all their old values), so
 change streams, ``__changelog`` and views never need table state to explain a commit.
-An update is a -1 of the old row and a +1 of the new. To keep an update's cost close to
-what changed, the old side of an update is not stored whole: ``Changes`` keeps the new
-rows of updates first in ``inserts`` (``updates`` of them) and, for just the columns
-whose value changed in any of them, the old values (``update_old``). Decoding rebuilds
-the full old rows batch-wise: ``old[c] = update_old[c] if c changed else new[c]``.
+An update is a -1 of the old row and a +1 of the new.
+
+One table's changes in one commit are one Arrow IPC stream (one writer to run, one
+reader to decode), rows in this order: the new rows of updates, pure inserts, then pure
+deletes (whole rows). To keep an update's cost close to what changed, its old row is not
+stored whole: for each column whose value changed in any update, an extra column
+``__old_<name>`` holds the old values (meaningful on the update rows only), and the old
+row is rebuilt batch-wise as ``old[c] = __old_c if present else new[c]``.
 """
 
 from __future__ import annotations
@@ -47,16 +50,18 @@ class DropTable(msgspec.Struct, tag="drop_table"):
 
 
 class Changes(msgspec.Struct, tag="changes"):
-    """Row changes to one table. IPC fields are empty when they hold no rows; ``chunks``
-    replaces them (in order inserts, deletes, update_old) for changes too large for a frame."""
+    """Row changes to one table: ``rows`` is one Arrow IPC stream of ``updates`` update rows,
+    then ``inserts`` inserted rows, then ``deletes`` deleted rows (see the module docstring).
+    ``chunks`` replaces ``rows`` (same bytes, stored as chunks) for changes too large to
+    keep in a frame."""
 
     table: str
-    inserts: bytes = b""      # +1 rows: the new rows of updates first, then pure inserts
-    deletes: bytes = b""      # -1 rows: pure deletes, whole rows
-    updates: int = 0          # how many leading rows of inserts are updates
-    update_old: bytes = b""   # old values of the updates, only for columns that changed
-    rows_in: int = 0          # number of +1 rows
-    rows_out: int = 0         # number of -1 rows (updates included)
+    rows: bytes = b""
+    updates: int = 0
+    inserts: int = 0
+    deletes: int = 0
+    rows_in: int = 0          # +1 rows: updates + inserts
+    rows_out: int = 0         # -1 rows: updates + deletes
     chunks: list[str] = []
 
 
@@ -147,58 +152,97 @@ def ipc_to_table(data: bytes) -> pa.Table | None:
 # ---- building and expanding change batches ---------------------------------------------
 
 
+OLD_PREFIX = "__old_"
+_SMALL_ROWS = 64  # below this, comparing Python values beats launching compute kernels
+
+
 def make_changes(table: str, inserts: pa.Table | None, deletes: pa.Table | None,
                  update_new: pa.Table | None = None, update_old: pa.Table | None = None,
                  key_columns: list[str] = ()) -> Changes:
     """Encode one table's changes. ``update_new``/``update_old`` are aligned row by row
     (same keys, same order): the new and the old version of each updated row."""
+    parts = [t for t in (update_new, inserts, deletes) if t is not None and t.num_rows]
+    schema = parts[0].schema
     updates = 0 if update_new is None else update_new.num_rows
-    old_changed = None
+    n_ins = 0 if inserts is None else inserts.num_rows
+    n_del = 0 if deletes is None else deletes.num_rows
+    rows = parts[0] if len(parts) == 1 else pa.concat_tables([p.cast(schema) for p in parts])
     if updates:
-        changed = []
+        total = rows.num_rows
         for name in update_new.column_names:
-            if name in key_columns:
+            if name in key_columns or not _column_changed(update_new.column(name), update_old.column(name)):
                 continue
-            new_col, old_col = update_new.column(name), update_old.column(name)
-            differs = pc.invert(pc.fill_null(pc.equal(new_col, old_col), False))
-            # equal() is null when either side is null: both null means unchanged.
-            both_null = pc.and_(pc.is_null(new_col), pc.is_null(old_col))
-            if pc.any(pc.and_(differs, pc.invert(both_null))).as_py():
-                changed.append(name)
-        old_changed = update_old.select(changed) if changed else None
-        inserts = update_new if inserts is None or inserts.num_rows == 0 else pa.concat_tables(
-            [update_new, inserts.cast(update_new.schema)])
-    rows_in = 0 if inserts is None else inserts.num_rows
-    rows_out = updates + (0 if deletes is None else deletes.num_rows)
-    return Changes(table=table, inserts=table_to_ipc(inserts), deletes=table_to_ipc(deletes), updates=updates,
-                   update_old=table_to_ipc(old_changed),
-                   rows_in=rows_in, rows_out=rows_out)
+            old = update_old.column(name).combine_chunks()
+            if total > updates:
+                old = pa.concat_arrays([old, pa.nulls(total - updates, old.type)])
+            rows = rows.append_column(pa.field(OLD_PREFIX + name, old.type), old)
+    return Changes(table=table, rows=table_to_ipc(rows), updates=updates, inserts=n_ins, deletes=n_del,
+                   rows_in=updates + n_ins, rows_out=updates + n_del)
+
+
+def _column_changed(new_col, old_col) -> bool:
+    """Whether any row's value differs between the new and the old side of an update."""
+    if len(new_col) <= _SMALL_ROWS:
+        return new_col.to_pylist() != old_col.to_pylist()
+    differs = pc.invert(pc.fill_null(pc.equal(new_col, old_col), False))
+    # equal() is null when either side is null: both null means unchanged.
+    both_null = pc.and_(pc.is_null(new_col), pc.is_null(old_col))
+    return pc.any(pc.and_(differs, pc.invert(both_null))).as_py()
+
+
+def _rows_of(changes: Changes, fetch_chunk) -> pa.Table | None:
+    data = changes.rows
+    if changes.chunks:
+        if fetch_chunk is None:
+            raise CorruptionError(f"changes to table {changes.table!r} reference chunks but no chunk store is open")
+        data = b"".join(fetch_chunk(h) for h in changes.chunks)
+    return ipc_to_table(data)
+
+
+def _check_counts(changes: Changes, rows: pa.Table | None) -> None:
+    n = 0 if rows is None else rows.num_rows
+    if n != changes.updates + changes.inserts + changes.deletes:
+        raise CorruptionError(f"changes to table {changes.table!r} hold {n} rows: the commit header says "
+                              f"{changes.updates} updates + {changes.inserts} inserts + {changes.deletes} deletes")
+
+
+def expand_keyed(changes: Changes, schema: pa.Schema, pk: list[str], fetch_chunk=None) -> tuple[pa.Table, pa.Table]:
+    """Like ``expand_changes`` for a keyed table, but the -1 side is only its key columns:
+    all a keyed fold needs, and it skips rebuilding the old rows of updates."""
+    rows = _rows_of(changes, fetch_chunk)
+    _check_counts(changes, rows)
+    if rows is None:
+        return schema.empty_table(), schema.empty_table().select(pk)
+    n_plus = changes.updates + changes.inserts
+    plus = conform(rows.slice(0, n_plus).select([n for n in rows.column_names if not n.startswith(OLD_PREFIX)]),
+                   schema)
+    keys = rows.select(pk)
+    if changes.deletes == 0:
+        minus = keys.slice(0, changes.updates)
+    elif changes.updates == 0:
+        minus = keys.slice(n_plus)
+    else:
+        minus = pa.concat_tables([keys.slice(0, changes.updates), keys.slice(n_plus)])
+    return plus, minus
 
 
 def expand_changes(changes: Changes, schema: pa.Schema, fetch_chunk=None) -> tuple[pa.Table, pa.Table]:
     """Decode ``changes`` into (plus, minus): the +1 rows and the whole -1 rows, both
     conformed to ``schema`` (the table's schema at that version)."""
-    inserts, deletes, update_old = changes.inserts, changes.deletes, changes.update_old
-    if changes.chunks:
-        if fetch_chunk is None:
-            raise CorruptionError(f"changes to table {changes.table!r} reference chunks but no chunk store is open")
-        parts = [fetch_chunk(h) if h else b"" for h in changes.chunks]
-        inserts, deletes, update_old = (parts + [b"", b"", b""])[:3]
-    plus = ipc_to_table(inserts)
-    minus = ipc_to_table(deletes)
-    empty = schema.empty_table()
-    plus = empty if plus is None else conform(plus, schema)
-    minus = empty if minus is None else conform(minus, schema)
-    if changes.updates:
-        new = plus.slice(0, changes.updates)
-        old_changed = ipc_to_table(update_old)
-        columns = []
-        for field in schema:
-            if old_changed is not None and field.name in old_changed.column_names:
-                columns.append(old_changed.column(field.name).cast(field.type))
-            else:
-                columns.append(new.column(field.name))
-        old = pa.Table.from_arrays(columns, schema=schema)
-        minus = old if minus.num_rows == 0 else pa.concat_tables([old, minus])
-    return plus, minus
-
+    rows = _rows_of(changes, fetch_chunk)
+    _check_counts(changes, rows)
+    if rows is None:
+        return schema.empty_table(), schema.empty_table()
+    names = [n for n in rows.column_names if not n.startswith(OLD_PREFIX)]
+    n_plus = changes.updates + changes.inserts
+    plain = rows.select(names)
+    plus = conform(plain.slice(0, n_plus), schema)
+    deleted = conform(plain.slice(n_plus), schema)
+    if not changes.updates:
+        return plus, deleted
+    new = rows.slice(0, changes.updates)
+    old = pa.Table.from_arrays(
+        [new.column(OLD_PREFIX + n) if OLD_PREFIX + n in rows.column_names else new.column(n) for n in names],
+        schema=plain.schema)
+    old = conform(old, schema)
+    return plus, (old if changes.deletes == 0 else pa.concat_tables([old, deleted]))

@@ -77,13 +77,17 @@ class KeyedHead:
         """The rows at ``locs`` (all not None), in that order, batch-wise."""
         if not locs:
             return self.schema.empty_table()
+        if len(locs) == 1:  # the common single-row update: no numpy, no permutation
+            src, row = locs[0]
+            table = self.base if src < 0 else self.batches[src]
+            return self._fit(table.slice(row, 1))
         sources = np.fromiter((b for b, _ in locs), dtype=np.int64, count=len(locs))
         rows = np.fromiter((r for _, r in locs), dtype=np.int64, count=len(locs))
         parts, order = [], []
         for src in np.unique(sources):
             sel = np.flatnonzero(sources == src)
             table = self.base if src < 0 else self.batches[src]
-            parts.append(table.take(pa.array(rows[sel])).select(self.schema.names).cast(self.schema))
+            parts.append(self._fit(table.take(pa.array(rows[sel]))))
             order.append(sel)
         gathered = pa.concat_tables(parts)
         if len(parts) == 1:
@@ -91,6 +95,11 @@ class KeyedHead:
         inverse = np.empty(len(locs), dtype=np.int64)
         inverse[np.concatenate(order)] = np.arange(len(locs))
         return gathered.take(pa.array(inverse))
+
+    def _fit(self, table: pa.Table) -> pa.Table:
+        if table.schema.equals(self.schema):
+            return table
+        return table.select(self.schema.names).cast(self.schema)
 
     def apply(self, plus: pa.Table | None, minus_keys: list) -> None:
         for k in minus_keys:

@@ -37,6 +37,7 @@ from udrflow._commit import (
     decode_header,
     encode_commit,
     expand_changes,
+    expand_keyed,
     make_changes,
 )
 from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
@@ -59,7 +60,11 @@ from udrflow.errors import (
 from udrflow.log import EpochLog
 
 SNAPSHOT_CACHE_BYTES_MAX = 1024 * 1024 * 1024
-CHECKPOINT_TAIL_RATIO = 1.0       # checkpoint when the tail's changed rows reach this share of the table
+# Checkpoint when the log tail since the last checkpoint has changed twice as many rows as
+# the table holds (an update counts once), or has this many commits. A checkpoint of widely
+# spread changes is a full copy, so a generous ratio keeps storage close to what changed;
+# a read then replays at most ~2x the table's rows of changes, or 1024 commits.
+CHECKPOINT_TAIL_RATIO = 2.0
 CHECKPOINT_TAIL_ROWS_MIN = 4096   # ... but never for fewer changed rows than this
 CHECKPOINT_TAIL_COMMITS_MAX = 1024  # ... or when this many commits changed it since
 
@@ -150,6 +155,7 @@ class TableEngine:
         self._generation = 0
         self._catalog_lock = threading.Lock()
         self._checkpoint_queue: queue.Queue | None = None
+        self._checkpoint_pending: set[tuple[str, int]] = set()  # tables with a checkpoint queued
         self._checkpoint_thread: threading.Thread | None = None
         self.checkpoint_error: BaseException | None = None
         self._load_catalog(max(self.log.since, self.catalog.version + 1), self.log.version)
@@ -253,9 +259,7 @@ class TableEngine:
         base = conform_to(base, tdef.schema)
         events = self._tail_events(tdef, base_v, v)
         if tdef.keyed:
-            pk = list(tdef.primary_key)
-            events = [(w, t if w > 0 else t.select(pk)) for w, t in events]
-            result = fold_keyed(base, events, pk, tdef.schema)
+            result = fold_keyed(base, events, list(tdef.primary_key), tdef.schema)
         else:
             result = fold_multiset(base, events, tdef.schema)
         self.cache.put(key, v, result)
@@ -263,10 +267,15 @@ class TableEngine:
 
     def _tail_events(self, tdef: TableDef, after: int, upto: int) -> list[tuple[int, pa.Table]]:
         events: list[tuple[int, pa.Table]] = []
+        pk = list(tdef.primary_key)
         for version, changes in self.changes_of(tdef.name, after, upto):
             schema_then = self.catalog.get(tdef.name, version).schema
-            plus, minus = expand_changes(changes, schema_then, self.chunks.get)
-            events.append((-1, conform_to(minus, tdef.schema)))
+            if pk:
+                plus, minus = expand_keyed(changes, schema_then, pk, self.chunks.get)
+            else:
+                plus, minus = expand_changes(changes, schema_then, self.chunks.get)
+                minus = conform_to(minus, tdef.schema)
+            events.append((-1, minus))
             events.append((1, conform_to(plus, tdef.schema)))
         return events
 
@@ -320,7 +329,7 @@ class TableEngine:
             if generation is not None and generation != self._generation:
                 raise TransactionConflictError(
                     "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
-            resolved, written = self._resolve(ops)
+            resolved, written, effects = self._resolve(ops)
             if begin is not None:
                 self._validate(begin, written, read_tables or set())
             if not resolved:
@@ -335,7 +344,7 @@ class TableEngine:
             for w in written:
                 w.version = version
                 self._recent.append(w)
-            self._apply_heads(ops, resolved)
+            self._apply_heads(resolved, effects)
             self._head_version = version
             self._prune_recent()
         try:
@@ -419,7 +428,7 @@ class TableEngine:
                 head.base = conform_to(head.materialize(), tdef.schema)
         return head
 
-    def _resolve(self, ops: list[Op]) -> tuple[list, list[_Written]]:
+    def _resolve(self, ops: list[Op]) -> tuple[list, list[_Written], dict]:
         """Turn logical ops into encoded operations, checking them all before anything is queued.
 
         Nothing in the head state changes here: a transaction with two operations on one
@@ -434,6 +443,7 @@ class TableEngine:
             return self.catalog.get(name, self._head_version)
 
         row_ops: dict[str, list[Op]] = {}
+        effects: dict[str, tuple[pa.Table | None, pa.Table | None]] = {}  # table -> (+1 rows, -1 rows or keys)
         for op in ops:
             if op.kind == "create_table":
                 if current_def(op.table) is not None:
@@ -462,12 +472,13 @@ class TableEngine:
                 row_ops.setdefault(op.table, []).append(op)
         for name, table_ops in row_ops.items():
             tdef = self._def_at_head(name)
-            changes, keys = self._resolve_rows(tdef, table_ops)
+            changes, keys, effect = self._resolve_rows(tdef, table_ops)
             if changes is None:
                 continue
             resolved.append(changes)
+            effects[name] = effect
             written.setdefault((name, tdef.created), _Written(0, (name, tdef.created), keys))
-        return resolved, list(written.values())
+        return resolved, list(written.values()), effects
 
     def _resolve_rows(self, tdef: TableDef, ops: list[Op]):
         name = tdef.name
@@ -486,8 +497,8 @@ class TableEngine:
             if minus is not None and minus.num_rows:
                 self._check_rows_exist(tdef, minus)
             if (plus is None or not plus.num_rows) and (minus is None or not minus.num_rows):
-                return None, None
-            return make_changes(name, plus, minus), None
+                return None, None, None
+            return make_changes(name, plus, minus), None, (plus, minus)
         pk = list(tdef.primary_key)
         head = self._head(tdef)
         if len(ops) == 1:
@@ -513,10 +524,12 @@ class TableEngine:
             dels = head.gather(locs) if locs else None
         rows = sum(t.num_rows for t in (upd_new, ins, dels) if t is not None)
         if rows == 0:
-            return None, None
+            return None, None, None
         written_keys = [t.select(pk) for t in (final_plus, final_minus) if t is not None and t.num_rows]
         keys = pa.concat_tables(written_keys, promote_options="permissive") if written_keys else None
-        return make_changes(name, ins, dels, upd_new, upd_old, pk), keys
+        plus = final_plus if final_plus is not None and final_plus.num_rows else None
+        minus_keys = dels.select(pk) if dels is not None and dels.num_rows else None
+        return make_changes(name, ins, dels, upd_new, upd_old, pk), keys, (plus, minus_keys)
 
     def _single_op_effect(self, tdef: TableDef, head, op: Op):
         pk = list(tdef.primary_key)
@@ -581,8 +594,9 @@ class TableEngine:
             text = ", ".join("(" + ", ".join(f"{c}={v!r}" for c, v in zip(pk, k, strict=True)) + ")" for k in shown)
         return text + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
-    def _apply_heads(self, ops: list[Op], resolved: list) -> None:
-        """After queueing: bring the head state up to the new commit."""
+    def _apply_heads(self, resolved: list, effects: dict) -> None:
+        """After queueing: bring the head state up to the new commit, from the tables the
+        resolution already built (no re-decoding of what was just encoded)."""
         for op in resolved:
             if isinstance(op, (CreateTable, DropTable)):
                 self._heads = {k: v for k, v in self._heads.items() if k[0] != op.table}
@@ -591,9 +605,9 @@ class TableEngine:
                 head = self._heads.get((op.table, tdef.created))
                 if head is None:
                     continue
-                plus, minus = expand_changes(op, tdef.schema, self.chunks.get)
+                plus, minus = effects[op.table]
                 if isinstance(head, KeyedHead):
-                    head.apply(plus, key_list(minus, list(tdef.primary_key)))
+                    head.apply(plus, [] if minus is None else key_list(minus, list(tdef.primary_key)))
                 else:
                     head.apply(plus, minus)
 
@@ -602,12 +616,11 @@ class TableEngine:
         frame is written), and the frame references them by hash."""
         spilled = []
         for op in resolved:
-            if isinstance(op, Changes):
-                blobs = [op.inserts, op.deletes, op.update_old]
-                digests = self.chunks.put_many([b for b in blobs if b])
-                it = iter(digests)
-                refs = [next(it) if b else "" for b in blobs]
-                op = Changes(op.table, b"", b"", op.updates, b"", op.rows_in, op.rows_out, refs)
+            if isinstance(op, Changes) and op.rows:
+                step = COMMIT_BODY_BYTES_MAX // 2
+                pieces = [op.rows[i:i + step] for i in range(0, len(op.rows), step)]
+                op = Changes(op.table, b"", op.updates, op.inserts, op.deletes, op.rows_in, op.rows_out,
+                             self.chunks.put_many(pieces))
             spilled.append(op)
         resolved[:] = spilled
         body = encode_commit(Commit(ops=spilled, meta=meta or {}))
@@ -629,29 +642,41 @@ class TableEngine:
             size = max(self.catalog.row_count(op.table, version), 1)
             if commits >= CHECKPOINT_TAIL_COMMITS_MAX or rows >= max(CHECKPOINT_TAIL_ROWS_MIN,
                                                                       CHECKPOINT_TAIL_RATIO * size):
-                self._schedule_checkpoint(op.table, version)
+                self._schedule_checkpoint(op.table, tdef.created)
 
-    def _schedule_checkpoint(self, name: str, version: int) -> None:
+    def _schedule_checkpoint(self, name: str, created: int) -> None:
+        # One queued checkpoint per table at a time: the trigger keeps holding on every
+        # commit until the checkpoint lands, and each extra one would be a full copy.
+        with self._catalog_lock:
+            if (name, created) in self._checkpoint_pending:
+                return
+            self._checkpoint_pending.add((name, created))
         if self._checkpoint_queue is None:
             self._checkpoint_queue = queue.Queue(maxsize=64)
             self._checkpoint_thread = threading.Thread(target=self._checkpointer, name="udrflow-checkpoint",
                                                        daemon=True)
             self._checkpoint_thread.start()
         try:
-            self._checkpoint_queue.put_nowait((name, version))
+            self._checkpoint_queue.put_nowait((name, created))
         except queue.Full:
-            pass  # the thread is behind; the next commit asks again
+            with self._catalog_lock:
+                self._checkpoint_pending.discard((name, created))  # the next commit asks again
 
     def _checkpointer(self) -> None:
         while True:
             job = self._checkpoint_queue.get()
             if job is None:
                 return
-            name, version = job
+            name, created = job
             try:
-                self.checkpoint(name, version)
-            except BaseException as exc:  # kept for db.checkpoint() / close() to report
+                tdef = self.catalog.get(name, self.log.version)
+                if tdef is not None and tdef.created == created:
+                    self.checkpoint(name)  # at the newest visible version: it covers the most
+            except BaseException as exc:  # kept for db.checkpoint() to report
                 self.checkpoint_error = exc
+            finally:
+                with self._catalog_lock:
+                    self._checkpoint_pending.discard((name, created))
 
     def checkpoint(self, name: str, version: int | None = None) -> int | None:
         """Write a checkpoint of table ``name`` at ``version`` (default: visible head) unless

@@ -466,6 +466,11 @@ class LogWriter:
             self._syncer.join()
         with self._io_lock:
             try:
+                if self._poisoned is None and self._prealloc_end > self._write_offset:
+                    # Give back the zeros written ahead: a closed log takes only what it holds.
+                    self._io.ftruncate(self._fd, self._write_offset)
+                    self._prealloc_end = self._write_offset
+                    self._unsynced = True
                 if self._unsynced and self._poisoned is None:
                     self._io.fdatasync(self._fd)
                     self._unsynced = False
