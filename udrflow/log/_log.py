@@ -85,7 +85,8 @@ class EpochLog:
         self.readonly = readonly
         self.recovery = recovered
         self._segments: list[Segment] = recovered.segments
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._visible_version = self._segments[-1].last_version if self._segments else 0
         self._closed = False
         self._writer: LogWriter | None = None

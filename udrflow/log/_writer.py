@@ -25,6 +25,7 @@ from __future__ import annotations
 import array
 import os
 import threading
+import time
 from collections import deque
 
 from udrflow._clock import Clock
@@ -42,6 +43,8 @@ from udrflow.log._head import HeadWriter
 from udrflow.log._segment import Segment, create_segment
 
 _OVERHEAD = _frame.FRAME_OVERHEAD_BYTES
+LINGER_S_MIN = 0.00002
+LINGER_S_MAX = 0.001
 _ZERO_BLOCK = bytes(1024 * 1024)
 
 
@@ -116,6 +119,12 @@ class LogWriter:
         self._last_timestamp_us = last.timestamps[-1] if last.count else 0
         self._flushing = False
         self._closed = False
+        # Lingering (PostgreSQL's commit_delay idea): when the last epoch held several
+        # commits, the next leader waits a little for the committers it just woke to queue
+        # again, so epochs stay full instead of alternating between two half-full groups.
+        self._arrivals = threading.Condition(log._lock)
+        self._last_epoch_tickets = 1
+        self._fsync_ema_s = 0.0
         self._poisoned: LogPoisonedError | None = None
         self._failures = 0
         self._last_failure: StorageError | None = None
@@ -184,6 +193,8 @@ class LogWriter:
             self._next_version += len(bodies)
             self._pending.append(ticket)
             self._pending_bytes += nbytes
+            if len(self._pending) >= self._last_epoch_tickets:
+                self._arrivals.notify()
             return ticket
 
     def _await(self, ticket: _Ticket) -> None:
@@ -198,8 +209,9 @@ class LogWriter:
                     finally:
                         cond.acquire()
                     continue
-                batch = self._take_epoch()
                 self._flushing = True
+                self._linger()
+                batch = self._take_epoch()
                 cond.release()
                 failure: _EpochFailed | None = None
                 result = None
@@ -230,6 +242,19 @@ class LogWriter:
         if ticket.error is not None:
             raise ticket.error
 
+    def _linger(self) -> None:
+        """As the new leader (lock held): if the previous epoch showed concurrency, wait up
+        to half an fdatasync for as many commits as it held. Never with a single committer."""
+        want = self._last_epoch_tickets
+        if want <= 1 or len(self._pending) >= want or self._durability != Durability.SYNC:
+            return
+        deadline = time.monotonic() + min(max(self._fsync_ema_s / 2, LINGER_S_MIN), LINGER_S_MAX)
+        while len(self._pending) < want:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrivals.wait(remaining)
+
     def _take_epoch(self) -> list[_Ticket]:
         batch = [self._pending.popleft()]
         size = batch[0].nbytes
@@ -238,6 +263,7 @@ class LogWriter:
             size += ticket.nbytes
             batch.append(ticket)
         self._pending_bytes -= size
+        self._last_epoch_tickets = len(batch)
         return batch
 
     def _write_epoch(self, batch: list[_Ticket]):
@@ -331,7 +357,9 @@ class LogWriter:
 
     def _sync(self, segment: Segment, fd: int) -> None:
         try:
+            started = time.monotonic()
             self._io.fdatasync(fd)
+            self._fsync_ema_s += (time.monotonic() - started - self._fsync_ema_s) / 8
             self._unsynced_frames = 0
         except OSError as exc:
             raise _EpochFailed(self._poison_error(f"fdatasync of {segment.path} failed", exc), True) from exc
