@@ -162,6 +162,23 @@ def test_checkpoints_with_string_and_composite_keys(tmp_path, pk):
         assert sorted(r["name"] for r in db.read("t").to_pylist()) == [f"key-{i:06d}" for i in range(n)]
 
 
+def test_a_bulk_load_is_stored_once(tmp_path):
+    """A large insert goes to chunks in the checkpoint layout, so checkpointing that state
+    writes no new chunk: the loaded rows exist on disk once, not in the log and a checkpoint."""
+    with udrflow.open(tmp_path / "l.udr") as db:
+        db.create_table("t", ORDERS, primary_key=["id"])
+        n = 300_000
+        rng = np.random.default_rng(7)
+        v = db.insert("t", pa.table({"id": rng.permutation(n), "customer": [f"c{i % 977}" for i in range(n)],
+                                     "amount": rng.random(n)}))
+        assert len(db.log.read(v).payload) < 20_000  # the frame holds chunk references, not rows
+        chunks = set(db._store.chunks.digests())
+        db.checkpoint("t")
+        assert set(db._store.chunks.digests()) == chunks
+        db._engine().cache = type(db._engine().cache)()
+        assert db.read("t").num_rows == n and db.read("t", version=v).num_rows == n
+
+
 def test_automatic_checkpoints_bound_the_tail(tmp_path):
     from udrflow._tables import CHECKPOINT_TAIL_COMMITS_MAX
 
@@ -191,10 +208,12 @@ def test_big_commit_spills_to_chunks_and_gc_keeps_them(tmp_path):
 def test_retention_and_gc(tmp_path):
     path = tmp_path / "r.udr"
     with udrflow.open(path, segment_size_bytes=SEGMENT_SIZE_BYTES_MIN) as db:
-        db.create_table("t", pa.schema([("k", pa.int64()), ("s", pa.string())]), primary_key=["k"])
-        for _ in range(5):
-            db.upsert("t", pa.table({"k": np.arange(150_000), "s": [os.urandom(12).hex() for _ in range(150_000)]}))
-            db.checkpoint()
+        db.create_table("t", pa.schema([("k", pa.int64()), ("s", pa.binary())]), primary_key=["k"])
+        n = 40_000  # ~0.8 MB of incompressible new rows per commit: kept inline in the log, rolling segments
+        for r in range(22):
+            db.insert("t", pa.table({"k": np.arange(r * n, (r + 1) * n), "s": [os.urandom(16) for _ in range(n)]}))
+            if r % 5 == 4:
+                db.checkpoint()
         head = db.version
         expected = rows(db.read("t"), key="k")
         segments_before = len(db.log.segment_paths)
@@ -206,12 +225,12 @@ def test_retention_and_gc(tmp_path):
             db.read("t", version=2)
         with pytest.raises(UsageError, match="only moves forward"):
             db.set_since(2)
-        assert db.read("t", version=head - 1).num_rows == 150_000
+        assert db.read("t", version=head - 1).num_rows == 21 * n
     with udrflow.open(path) as db:  # the log now starts late: the catalog comes from its snapshot
         assert db.log.since > 1 and db.tables() == ["t"]
         assert rows(db.read("t"), key="k") == expected
-        db.upsert("t", [{"k": -1, "s": "after gc"}])
-        assert db.read("t").num_rows == 150_001
+        db.upsert("t", [{"k": -1, "s": b"after gc"}])
+        assert db.read("t").num_rows == 22 * 40_000 + 1
 
 
 def test_corrupted_chunk_is_detected_on_read(tmp_path):

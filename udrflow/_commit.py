@@ -63,6 +63,9 @@ class Changes(msgspec.Struct, tag="changes"):
     rows_in: int = 0          # +1 rows: updates + inserts
     rows_out: int = 0         # -1 rows: updates + deletes
     chunks: list[str] = []
+    # True: each chunk is a whole Arrow table (key-sorted, content-defined: the layout a
+    # checkpoint writes, so they are shared with it); False: pieces of the ``rows`` bytes.
+    chunk_tables: bool = False
 
 
 Op = CreateTable | AddColumn | DropTable | Changes
@@ -195,6 +198,8 @@ def _rows_of(changes: Changes, fetch_chunk) -> pa.Table | None:
     if changes.chunks:
         if fetch_chunk is None:
             raise CorruptionError(f"changes to table {changes.table!r} reference chunks but no chunk store is open")
+        if changes.chunk_tables:
+            return pa.concat_tables([fetch_chunk(h) for h in changes.chunks])
         data = b"".join(fetch_chunk(h) for h in changes.chunks)
     return ipc_to_table(data)
 

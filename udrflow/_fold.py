@@ -43,6 +43,9 @@ def fold_keyed(base: pa.Table, events: list[tuple[int, pa.Table]], pk: list[str]
     events = [(w, t) for w, t in events if t is not None and t.num_rows]
     if not events:
         return base
+    if base.num_rows == 0 and len(events) == 1 and events[0][0] > 0:
+        # A first load: its keys are unique (checked at write), so it is the state as it is.
+        return events[0][1].select(schema.names).cast(schema)
     key_parts, plus_parts = [], []
     seq = plus_rows = 0
     for weight, rows in events:

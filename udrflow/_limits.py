@@ -12,6 +12,10 @@ MIB = 1024 * 1024
 #: first and reference them by hash, so frames stay small enough to buffer whole.
 COMMIT_BODY_BYTES_MAX = 16 * MIB
 
+#: A commit's row data for one table larger than this (encoded) goes to chunks, referenced
+#: from the frame: big loads stay out of the log and share chunks with checkpoints.
+COMMIT_INLINE_ROWS_BYTES_MAX = 1 * MIB
+
 #: Largest frame length field the scanner accepts (commit header + body).
 FRAME_LENGTH_MAX = COMMIT_BODY_BYTES_MAX + COMMIT_HEADER_BYTES
 

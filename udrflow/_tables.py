@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from udrflow._catalog import Catalog, TableDef
-from udrflow._checkpoint import CheckpointStore
+from udrflow._checkpoint import CheckpointStore, chunk_bounds
 from udrflow._chunks import ChunkStore
 from udrflow._commit import (
     AddColumn,
@@ -43,7 +43,7 @@ from udrflow._commit import (
 from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
 from udrflow._fold import fold_keyed, fold_multiset, remove_keys
 from udrflow._head import KeyedHead, MultisetHead, key_list, keys_table
-from udrflow._limits import COMMIT_BODY_BYTES_MAX
+from udrflow._limits import COMMIT_BODY_BYTES_MAX, COMMIT_INLINE_ROWS_BYTES_MAX
 from udrflow._schema import add_column_schema, check_table_schema, schema_to_bytes
 from udrflow._schema import conform as conform_to
 from udrflow.errors import (
@@ -271,13 +271,16 @@ class TableEngine:
         for version, changes in self.changes_of(tdef.name, after, upto):
             schema_then = self.catalog.get(tdef.name, version).schema
             if pk:
-                plus, minus = expand_keyed(changes, schema_then, pk, self.chunks.get)
+                plus, minus = expand_keyed(changes, schema_then, pk, self._fetch_for(changes))
             else:
-                plus, minus = expand_changes(changes, schema_then, self.chunks.get)
+                plus, minus = expand_changes(changes, schema_then, self._fetch_for(changes))
                 minus = conform_to(minus, tdef.schema)
             events.append((-1, minus))
             events.append((1, conform_to(plus, tdef.schema)))
         return events
+
+    def _fetch_for(self, changes: Changes):
+        return self.chunks.get_table if changes.chunk_tables else self.chunks.get
 
     def changes_of(self, name: str, after: int, upto: int):
         """(version, Changes) of every commit in (after, upto] that changed table ``name``."""
@@ -334,9 +337,12 @@ class TableEngine:
                 self._validate(begin, written, read_tables or set())
             if not resolved:
                 return None
+            if any(isinstance(op, Changes) and len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX for op in resolved):
+                self._spill_to_chunks(resolved, effects)
             body = encode_commit(Commit(ops=resolved, meta=meta or {}))
             if len(body) > COMMIT_BODY_BYTES_MAX:
-                body = self._spill_to_chunks(resolved, meta)
+                raise UsageError(f"commit is {len(body)} bytes after moving its rows to chunks: expected at most "
+                                 f"{COMMIT_BODY_BYTES_MAX} (COMMIT_BODY_BYTES_MAX)")
             pending = self.log.submit(body, failures_seen=self._failures_seen)
             version = pending.version
             with self._catalog_lock:
@@ -611,22 +617,25 @@ class TableEngine:
                 else:
                     head.apply(plus, minus)
 
-    def _spill_to_chunks(self, resolved: list, meta: dict | None) -> bytes:
-        """A commit too large for a frame: its row data goes to chunks (durable before the
-        frame is written), and the frame references them by hash."""
-        spilled = []
-        for op in resolved:
-            if isinstance(op, Changes) and op.rows:
+    def _spill_to_chunks(self, resolved: list, effects: dict) -> None:
+        """Large row data goes to chunks (durable before the frame is written), and the frame
+        references them by hash. Pure inserts into a keyed table are written key-sorted in
+        the checkpoint layout, so a checkpoint of that state reuses the very same chunks."""
+        for i, op in enumerate(resolved):
+            if not isinstance(op, Changes) or len(op.rows) <= COMMIT_INLINE_ROWS_BYTES_MAX:
+                continue
+            tdef = self._def_at_head(op.table)
+            plus = effects[op.table][0]
+            if tdef.keyed and op.updates == 0 and op.deletes == 0 and plus is not None:
+                pk = list(tdef.primary_key)
+                rows = plus.take(pc.sort_indices(plus, sort_keys=[(k, "ascending") for k in pk])).combine_chunks()
+                digests = self.chunks.put_tables([rows.slice(o, n) for o, n in chunk_bounds(rows, pk)])
+                resolved[i] = Changes(op.table, b"", 0, op.inserts, 0, op.rows_in, op.rows_out, digests, True)
+            else:
                 step = COMMIT_BODY_BYTES_MAX // 2
-                pieces = [op.rows[i:i + step] for i in range(0, len(op.rows), step)]
-                op = Changes(op.table, b"", op.updates, op.inserts, op.deletes, op.rows_in, op.rows_out,
-                             self.chunks.put_many(pieces))
-            spilled.append(op)
-        resolved[:] = spilled
-        body = encode_commit(Commit(ops=spilled, meta=meta or {}))
-        if len(body) > COMMIT_BODY_BYTES_MAX:
-            raise UsageError(f"commit metadata alone is {len(body)} bytes: expected at most {COMMIT_BODY_BYTES_MAX}")
-        return body
+                pieces = [op.rows[j:j + step] for j in range(0, len(op.rows), step)]
+                resolved[i] = Changes(op.table, b"", op.updates, op.inserts, op.deletes, op.rows_in, op.rows_out,
+                                      self.chunks.put_many(pieces))
 
     # ---- checkpoints -----------------------------------------------------------------
 
