@@ -35,6 +35,10 @@ def remove_keys(table: pa.Table, keys: pa.Table, pk: list[str]) -> pa.Table:
                       use_threads=True).select(table.column_names)
 
 
+def _fit(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    return table if table.schema.equals(schema) else table.cast(schema)
+
+
 def fold_keyed(base: pa.Table, events: list[tuple[int, pa.Table]], pk: list[str], schema: pa.Schema) -> pa.Table:
     """Apply ``events`` (weight, rows) in order to ``base``, a table keyed by ``pk``.
 
@@ -46,23 +50,19 @@ def fold_keyed(base: pa.Table, events: list[tuple[int, pa.Table]], pk: list[str]
     if base.num_rows == 0 and len(events) == 1 and events[0][0] > 0:
         # A first load: its keys are unique (checked at write), so it is the state as it is.
         return events[0][1].select(schema.names).cast(schema)
-    key_parts, plus_parts = [], []
-    seq = plus_rows = 0
-    for weight, rows in events:
-        n = rows.num_rows
-        cols = {k: rows.column(k) for k in pk}
-        cols[_SEQ] = pa.array(np.arange(seq, seq + n, dtype=np.int64))
-        if weight > 0:
-            cols[_PIDX] = pa.array(np.arange(plus_rows, plus_rows + n, dtype=np.int64))
-            plus_parts.append(rows.select(schema.names).cast(schema))
-            plus_rows += n
-        elif weight < 0:
-            cols[_PIDX] = pa.array(np.full(n, -1, dtype=np.int64))
-        else:
-            raise InternalError("a change event must have weight +1 or -1")
-        key_parts.append(pa.table(cols))
-        seq += n
-    keys = pa.concat_tables(key_parts, promote_options="permissive")
+    # One table of every event's keys, with its sequence number and, for +1 rows, its row
+    # in the concatenated +1 rows (-1 for deletions), built from the event lengths.
+    lengths = np.fromiter((t.num_rows for _, t in events), dtype=np.int64, count=len(events))
+    positive = np.fromiter((w > 0 for w, _ in events), dtype=bool, count=len(events))
+    if any(w == 0 for w, _ in events):
+        raise InternalError("a change event must have weight +1 or -1")
+    is_plus = np.repeat(positive, lengths)
+    pidx = np.where(is_plus, np.cumsum(is_plus) - 1, -1)
+    key_schema = pa.schema([schema.field(k) for k in pk])
+    keys = pa.concat_tables([_fit(t.select(pk), key_schema) for _, t in events])
+    keys = keys.append_column(_SEQ, pa.array(np.arange(len(pidx), dtype=np.int64)))
+    keys = keys.append_column(_PIDX, pa.array(pidx))
+    plus_parts = [t for w, t in events if w > 0]
     order = pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in pk] + [(_SEQ, "ascending")])
     keys = keys.take(order)
     n = keys.num_rows
@@ -81,7 +81,8 @@ def fold_keyed(base: pa.Table, events: list[tuple[int, pa.Table]], pk: list[str]
     survivors = pidx[pidx >= 0]
     kept = remove_keys(base, final.select(pk), pk)
     if plus_parts and survivors.size:
-        plus = pa.concat_tables(plus_parts).take(pa.array(np.sort(survivors)))
+        plus = pa.concat_tables([_fit(t.select(schema.names), schema) for t in plus_parts])
+        plus = plus.take(pa.array(np.sort(survivors)))
         return pa.concat_tables([kept.cast(schema), plus]) if kept.num_rows else plus
     return kept
 
