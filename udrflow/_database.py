@@ -42,6 +42,7 @@ from udrflow.errors import (
 from udrflow.log import Durability, EpochLog
 
 MARKER_NAME = "UDRFLOW"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 FORMAT = b"udrflow database format 1\n"
 DEFAULT_BRANCH = "main"
 
@@ -285,7 +286,8 @@ class Database:
     def _version_arg(self, version):
         if isinstance(version, dt.datetime):
             when = version if version.tzinfo else version.replace(tzinfo=dt.UTC)
-            ts_us = int(when.timestamp() * 1_000_000)
+            # Exact integer microseconds (a float timestamp loses 1 us for some instants).
+            ts_us = (when - _EPOCH) // dt.timedelta(microseconds=1)
             v = self.log.version_at(ts_us)
             if v == 0:
                 raise VersionNotFoundError(f"no commit at or before {when.isoformat()} in {self.path}")

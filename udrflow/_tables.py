@@ -14,6 +14,7 @@ comparing a transaction's written keys with the keys of commits queued since it 
 
 from __future__ import annotations
 
+import bisect
 import collections
 import os
 import queue
@@ -21,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -87,7 +89,7 @@ class SnapshotCache:
     def __init__(self, bytes_max: int = SNAPSHOT_CACHE_BYTES_MAX) -> None:
         self.bytes_max = bytes_max
         self._items: collections.OrderedDict[tuple, pa.Table] = collections.OrderedDict()
-        self._by_table: dict[tuple, set[int]] = {}
+        self._by_table: dict[tuple, list[int]] = {}  # sorted cached versions per table
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -100,10 +102,11 @@ class SnapshotCache:
 
     def best_below(self, key: tuple, version: int) -> tuple[int, pa.Table] | None:
         with self._lock:
-            versions = [v for v in self._by_table.get(key, ()) if v <= version]
-            if not versions:
+            versions = self._by_table.get(key, [])
+            i = bisect.bisect_right(versions, version)
+            if i == 0:
                 return None
-            v = max(versions)
+            v = versions[i - 1]
             return v, self._items[(*key, v)]
 
     def put(self, key: tuple, version: int, table: pa.Table) -> None:
@@ -115,11 +118,11 @@ class SnapshotCache:
             if k in self._items:
                 return
             self._items[k] = table
-            self._by_table.setdefault(key, set()).add(version)
+            bisect.insort(self._by_table.setdefault(key, []), version)
             self._bytes += size
             while self._bytes > self.bytes_max:
                 (name, created, v), old = self._items.popitem(last=False)
-                self._by_table[(name, created)].discard(v)
+                self._by_table[(name, created)].remove(v)
                 self._bytes -= old.nbytes
 
 
@@ -332,9 +335,12 @@ class TableEngine:
             if generation is not None and generation != self._generation:
                 raise TransactionConflictError(
                     "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
-            resolved, written, effects = self._resolve(ops)
             if begin is not None:
-                self._validate(begin, written, read_tables or set())
+                # Conflicts first: a transaction overtaken by another commit must lose with
+                # TransactionConflictError (retryable), not with whatever resolving its
+                # operations against the newer state would raise.
+                self._validate(begin, self._written_by(ops), read_tables or set())
+            resolved, written, effects = self._resolve(ops)
             if not resolved:
                 return None
             if any(isinstance(op, Changes) and len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX for op in resolved):
@@ -373,6 +379,29 @@ class TableEngine:
         self._generation += 1
         self._head_version = visible
         self._failures_seen = self.log.failures
+
+    def _written_by(self, ops: list[Op]) -> list[_Written]:
+        """What ``ops`` write, as the conflict check sees it: the keys they name for keyed
+        tables, the whole table for tables without a key and for DDL."""
+        keys: dict[tuple[str, int], list] = {}
+        whole: set[tuple[str, int]] = set()
+        for op in ops:
+            tdef = self.catalog.get(op.table, self._head_version)
+            if tdef is None:
+                continue  # created in this transaction: nobody else can have written it
+            ident = (op.table, tdef.created)
+            if op.kind in ("add_column", "drop_table"):
+                whole.add(ident)
+            elif op.rows is None or op.rows.num_rows == 0:
+                continue  # e.g. delete(where=...) that matched nothing: it writes nothing
+            elif not tdef.keyed:
+                whole.add(ident)
+            else:
+                pk = list(tdef.primary_key)
+                keys.setdefault(ident, []).append(op.rows.select(pk).cast(pa.schema([tdef.schema.field(k) for k in pk])))
+        written = [_Written(0, ident, None) for ident in whole]
+        written += [_Written(0, ident, pa.concat_tables(parts)) for ident, parts in keys.items() if ident not in whole]
+        return written
 
     def _validate(self, begin: int, written: list[_Written], read_tables: set[str]) -> None:
         mine = {w.table: w for w in written}
@@ -425,14 +454,21 @@ class TableEngine:
             head = KeyedHead(tdef.schema, list(tdef.primary_key), base) if tdef.keyed \
                 else MultisetHead(tdef.schema, base)
             self._heads[key] = head
-        if head.schema != tdef.schema:  # a column was added: old rows gain it as nulls
-            head.schema = tdef.schema
-            if isinstance(head, KeyedHead):
-                head.base = conform_to(head.base, tdef.schema)
-                head.batches = [conform_to(b, tdef.schema) for b in head.batches]
-            else:
-                head.base = conform_to(head.materialize(), tdef.schema)
+        self._sync_head_schema(head, tdef)
         return head
+
+    @staticmethod
+    def _sync_head_schema(head, tdef: TableDef) -> None:
+        """A column was added: the stored rows and every pending write gain it as nulls,
+        each converted from the schema it was written under."""
+        if head.schema.equals(tdef.schema):
+            return
+        head.schema = tdef.schema
+        head.base = conform_to(head.base, tdef.schema)
+        if isinstance(head, KeyedHead):
+            head.batches = [conform_to(b, tdef.schema) for b in head.batches]
+        else:
+            head.events = [(w, conform_to(t, tdef.schema)) for w, t in head.events]
 
     def _resolve(self, ops: list[Op]) -> tuple[list, list[_Written], dict]:
         """Turn logical ops into encoded operations, checking them all before anything is queued.
@@ -498,8 +534,11 @@ class TableEngine:
                 else:
                     raise UsageError(f"{op.kind.replace('_', ' ')} on table {name!r} needs a primary key, and the "
                                      f"table has none: use insert, or delete(where=...)")
-            plus = pa.concat_tables(plus_parts) if plus_parts else None
-            minus = pa.concat_tables(minus_parts) if minus_parts else None
+            schema = tdef.schema
+            plus = pa.concat_tables([conform_to(t, schema) for t in plus_parts]) if plus_parts else None
+            minus = pa.concat_tables([conform_to(t, schema) for t in minus_parts]) if minus_parts else None
+            if plus is not None and minus is not None and plus.num_rows and minus.num_rows:
+                plus, minus = self._net_multiset(schema, plus, minus)
             if minus is not None and minus.num_rows:
                 self._check_rows_exist(tdef, minus)
             if (plus is None or not plus.num_rows) and (minus is None or not minus.num_rows):
@@ -540,9 +579,9 @@ class TableEngine:
     def _single_op_effect(self, tdef: TableDef, head, op: Op):
         pk = list(tdef.primary_key)
         if op.kind == "insert":
-            return op.rows, None, [True] * op.rows.num_rows
+            return conform_to(op.rows, tdef.schema), None, [True] * op.rows.num_rows
         if op.kind == "upsert":
-            return op.rows, None, None
+            return conform_to(op.rows, tdef.schema), None, None
         if op.kind in ("delete_keys", "delete_rows"):
             return None, op.rows.select(pk), None
         raise InternalError(f"unknown row operation {op.kind!r}")
@@ -564,7 +603,7 @@ class TableEngine:
                         raise SchemaError(f"duplicate primary key {self._fmt_keys(pk, clash)} in the insert into "
                                           f"table {tdef.name!r}: already in the table (use upsert to replace rows)")
                 p = len(parts)
-                parts.append(op.rows.select(tdef.schema.names))
+                parts.append(conform_to(op.rows, tdef.schema))
                 for i, k in enumerate(keys):
                     local[k] = (p, i)
             elif op.kind in ("delete_keys", "delete_rows"):
@@ -582,6 +621,22 @@ class TableEngine:
             plus = pa.concat_tables([parts[p].take(pa.array(rows)) for p, rows in by_part.items()])
         minus = keys_table(dead, pk, tdef.schema) if dead else None
         return plus, minus, None
+
+    @staticmethod
+    def _net_multiset(schema: pa.Schema, plus: pa.Table, minus: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """One transaction's inserts and deletes of whole rows, netted: a row it inserted and
+        then deleted cancels out, so only the rest is checked against (and applied to) the table."""
+        w = "__weight"
+        rows = pa.concat_tables([
+            plus.append_column(w, pa.array(np.ones(plus.num_rows, dtype=np.int64))),
+            minus.append_column(w, pa.array(np.full(minus.num_rows, -1, dtype=np.int64)))])
+        net = rows.group_by(schema.names, use_threads=False).aggregate([(w, "sum")])
+        counts = net.column(f"{w}_sum").to_numpy()
+        net = net.select(schema.names).cast(schema)
+        up = np.flatnonzero(counts > 0)
+        down = np.flatnonzero(counts < 0)
+        return (net.take(pa.array(np.repeat(up, counts[up]))),
+                net.take(pa.array(np.repeat(down, -counts[down]))))
 
     def _check_rows_exist(self, tdef: TableDef, minus: pa.Table) -> None:
         head = self._head(tdef)
@@ -611,6 +666,7 @@ class TableEngine:
                 head = self._heads.get((op.table, tdef.created))
                 if head is None:
                     continue
+                self._sync_head_schema(head, tdef)
                 plus, minus = effects[op.table]
                 if isinstance(head, KeyedHead):
                     head.apply(plus, [] if minus is None else key_list(minus, list(tdef.primary_key)))
