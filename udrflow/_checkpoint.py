@@ -177,8 +177,13 @@ class CheckpointStore:
         table = table.combine_chunks()
         bounds = chunk_bounds(table, pk)
         digests = self.chunks.put_tables([table.slice(o, n) for o, n in bounds])
-        m = Manifest(tdef.name, tdef.created, version, schema_to_bytes(tdef.schema), pk, digests,
-                     [n for _, n in bounds], table.num_rows)
+        return self.adopt(tdef, version, digests, [n for _, n in bounds])
+
+    def adopt(self, tdef: TableDef, version: int, digests: list[str], chunk_rows: list[int]) -> Manifest:
+        """Record a checkpoint made of chunks already stored (and durable): a bulk load
+        written in the checkpoint layout becomes the table's checkpoint for free."""
+        m = Manifest(tdef.name, tdef.created, version, schema_to_bytes(tdef.schema), list(tdef.primary_key),
+                     digests, chunk_rows, sum(chunk_rows))
         path = self._path(tdef.name, tdef.created, version)
         try:
             make_dirs_durably(self._io, os.path.dirname(path))

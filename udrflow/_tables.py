@@ -343,8 +343,9 @@ class TableEngine:
             resolved, written, effects = self._resolve(ops)
             if not resolved:
                 return None
+            adoptions: list = []
             if any(isinstance(op, Changes) and len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX for op in resolved):
-                self._spill_to_chunks(resolved, effects)
+                self._spill_to_chunks(resolved, effects, adoptions)
             body = encode_commit(Commit(ops=resolved, meta=meta or {}))
             if len(body) > COMMIT_BODY_BYTES_MAX:
                 raise UsageError(f"commit is {len(body)} bytes after moving its rows to chunks: expected at most "
@@ -365,6 +366,9 @@ class TableEngine:
             with self._lock:
                 self._reset_after_failure()
             raise
+        for tdef, digests, chunk_rows in adoptions:
+            with self._maintenance_lock:
+                self.checkpoints.adopt(tdef, version, digests, chunk_rows)
         self._maybe_checkpoint(resolved, version)
         return version
 
@@ -673,7 +677,7 @@ class TableEngine:
                 else:
                     head.apply(plus, minus)
 
-    def _spill_to_chunks(self, resolved: list, effects: dict) -> None:
+    def _spill_to_chunks(self, resolved: list, effects: dict, adoptions: list) -> None:
         """Large row data goes to chunks (durable before the frame is written), and the frame
         references them by hash. Pure inserts into a keyed table are written key-sorted in
         the checkpoint layout, so a checkpoint of that state reuses the very same chunks."""
@@ -685,8 +689,13 @@ class TableEngine:
             if tdef.keyed and op.updates == 0 and op.deletes == 0 and plus is not None:
                 pk = list(tdef.primary_key)
                 rows = plus.take(pc.sort_indices(plus, sort_keys=[(k, "ascending") for k in pk])).combine_chunks()
-                digests = self.chunks.put_tables([rows.slice(o, n) for o, n in chunk_bounds(rows, pk)])
+                bounds = chunk_bounds(rows, pk)
+                digests = self.chunks.put_tables([rows.slice(o, n) for o, n in bounds])
                 resolved[i] = Changes(op.table, b"", 0, op.inserts, 0, op.rows_in, op.rows_out, digests, True)
+                if self.catalog.row_count(op.table, self._head_version) == 0:
+                    # Loaded into an empty table: these chunks are the table's whole state, the
+                    # checkpoint once the commit is durable (see commit()).
+                    adoptions.append((tdef, digests, [n for _, n in bounds]))
             else:
                 step = COMMIT_BODY_BYTES_MAX // 2
                 pieces = [op.rows[j:j + step] for j in range(0, len(op.rows), step)]
