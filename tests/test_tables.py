@@ -182,6 +182,46 @@ def test_a_bulk_load_is_stored_once(tmp_path):
         assert db.read("t").num_rows == n and db.read("t", version=v).num_rows == n
 
 
+def test_delta_checkpoints_store_what_changed(tmp_path):
+    """Checkpoints of a table that changed a little are deltas on its last full checkpoint:
+    they cost the changed rows, reads through them are exact, and gc keeps their base."""
+    with udrflow.open(tmp_path / "d.udr", durability="none") as db:
+        db.create_table("t", ORDERS, primary_key=["id"])
+        n = 200_000
+        db.insert("t", pa.table({"id": np.arange(n), "customer": ["c"] * n, "amount": np.zeros(n)}))
+        db.checkpoint("t")  # the full checkpoint the deltas build on
+        base = db.version
+        engine = db._engine()
+        rng = np.random.default_rng(3)
+        expected = {}
+        versions = []
+        for round_ in range(3):
+            for i in range(300):
+                k = int(rng.integers(n))
+                if i % 50 == 0:
+                    db.delete("t", keys=[{"id": k}])
+                    expected[k] = None
+                else:
+                    db.upsert("t", [{"id": k, "customer": f"r{round_}", "amount": float(i)}])
+                    expected[k] = (f"r{round_}", float(i))
+            db.checkpoint("t")
+            versions.append(db.version)
+        tdef = engine.table_def("t", db.version)
+        manifests = [engine.checkpoints.manifest("t", tdef.created, v) for v in versions]
+        assert [m.base for m in manifests] == [base] * 3
+        assert all(sum(m.chunk_rows) <= 900 for m in manifests)  # the changed rows, not the table
+        engine.cache = type(engine.cache)()
+        got = {r["id"]: (r["customer"], r["amount"]) for r in db.read("t").to_pylist()}
+        assert len(got) == n - sum(1 for v in expected.values() if v is None)
+        for k, v in expected.items():
+            assert got.get(k) == v, k
+        db.set_since(versions[-1])
+        db.gc()
+        assert engine.checkpoints.versions("t", tdef.created) == [base, versions[-1]]  # the base stays
+        engine.cache = type(engine.cache)()
+        assert db.read("t").num_rows == len(got)
+
+
 def test_automatic_checkpoints_bound_the_tail(tmp_path):
     from udrflow._tables import CHECKPOINT_TAIL_COMMITS_MAX
 

@@ -10,6 +10,13 @@ is byte-identical to the one the previous checkpoint wrote, has the same BLAKE3 
 and is stored once. Tables without a key keep insertion order and cut every
 2**CHUNK_ROWS_TARGET_LOG2 rows, so an append-only table shares all its full chunks.
 
+A checkpoint of a keyed table that has changed little since its last full checkpoint is
+a *delta*: the net changes since that base (final rows of the changed keys, key-sorted and
+chunked the same way, and the deleted keys), so a checkpoint every few hundred commits
+costs what changed, not a copy of the table. Reading it is the base plus the delta
+(``_fold.apply_net``). A full checkpoint is written once the changes reach
+DELTA_ROWS_MAX_RATIO of the table.
+
 A manifest lives at ``checkpoints/<branch>/<table>/<created>-<version>.ckpt`` and is
 written durably after its chunks.
 """
@@ -29,6 +36,7 @@ from udrflow._catalog import TableDef
 from udrflow._chunks import ChunkStore
 from udrflow._ext._keyhash import hash_large_binary
 from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
+from udrflow._fold import apply_net
 from udrflow._schema import conform as conform_to
 from udrflow._schema import schema_from_bytes, schema_to_bytes
 from udrflow.errors import CorruptionError, storage_error_from_os
@@ -36,6 +44,7 @@ from udrflow.errors import CorruptionError, storage_error_from_os
 CHUNK_ROWS_TARGET_LOG2 = 14       # ~16k rows per chunk on average
 CHUNK_ROWS_MIN = 1 << 10
 CHUNK_ROWS_MAX = 1 << 17
+DELTA_ROWS_MAX_RATIO = 0.25  # a delta holds at most this share of the table's rows
 _SUFFIX = ".ckpt"
 
 
@@ -45,9 +54,11 @@ class Manifest(msgspec.Struct):
     version: int
     schema: bytes
     primary_key: list[str]
-    chunks: list[str]
+    chunks: list[str]          # full: the table's rows; delta: the net changed rows
     chunk_rows: list[int]
-    rows: int
+    rows: int                  # rows of the table at ``version``
+    base: int = 0              # delta: the version of the full checkpoint it applies to
+    deleted: list[str] = []    # delta: chunks of the keys deleted since ``base``
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -122,6 +133,7 @@ class CheckpointStore:
         self.chunks = chunks
         self._lock = threading.Lock()
         self._index: dict[tuple[str, int], list[int]] = {}  # (table, created) -> sorted versions
+        self._bases: dict[tuple[str, int, int], int] = {}   # manifest -> its base (0: full), read lazily
         if os.path.isdir(root):
             for table in os.listdir(root):
                 tdir = os.path.join(root, table)
@@ -160,6 +172,15 @@ class CheckpointStore:
     def read(self, tdef: TableDef, version: int) -> pa.Table:
         """The table as checkpointed at ``version``, conformed to ``tdef``'s schema."""
         m = self.manifest(tdef.name, tdef.created, version)
+        if m.base:
+            pk = list(tdef.primary_key)
+            rows, deleted = self.read_delta(tdef, m)
+            table = apply_net(self.read(tdef, m.base), rows, deleted, pk, tdef.schema)
+            if table.num_rows != m.rows:
+                path = self._path(tdef.name, tdef.created, version)
+                raise CorruptionError(f"delta checkpoint {path} gives {table.num_rows} rows: its manifest says "
+                                      f"{m.rows}", path)
+            return table
         schema = schema_from_bytes(m.schema)
         # Decoding (zstd) releases the GIL: spread a checkpoint's chunks over the cores.
         parts = list(_decode_pool().map(self.chunks.get_table, m.chunks)) if len(m.chunks) > 1 else \
@@ -169,6 +190,45 @@ class CheckpointStore:
             raise CorruptionError(f"checkpoint {self._path(tdef.name, tdef.created, version)} holds {table.num_rows} "
                                   f"rows: its manifest says {m.rows}", self._path(tdef.name, tdef.created, version))
         return conform_to(table, tdef.schema)
+
+    def read_delta(self, tdef: TableDef, m: Manifest) -> tuple[pa.Table, pa.Table]:
+        """(net rows, deleted keys) of a delta checkpoint, conformed to ``tdef``."""
+        pk = list(tdef.primary_key)
+        key_schema = pa.schema([tdef.schema.field(k) for k in pk])
+        parts = list(_decode_pool().map(self.chunks.get_table, m.chunks)) if m.chunks else []
+        rows = conform_to(pa.concat_tables(parts), tdef.schema) if parts else tdef.schema.empty_table()
+        gone = [self.chunks.get_table(h) for h in m.deleted]
+        deleted = pa.concat_tables(gone).cast(key_schema) if gone else key_schema.empty_table()
+        return rows, deleted
+
+    def base_of(self, tdef: TableDef, version: int) -> int:
+        """0 for a full checkpoint, else the version of the full checkpoint a delta needs."""
+        key = (tdef.name, tdef.created, version)
+        base = self._bases.get(key)
+        if base is None:
+            base = self._bases[key] = self.manifest(tdef.name, tdef.created, version).base
+        return base
+
+    def nearest_full(self, tdef: TableDef, version: int) -> int | None:
+        with self._lock:
+            versions = list(self._index.get((tdef.name, tdef.created), []))
+        for v in reversed(versions[: bisect.bisect_right(versions, version)]):
+            if self.base_of(tdef, v) == 0:
+                return v
+        return None
+
+    def write_delta(self, tdef: TableDef, version: int, base: int, rows: pa.Table, deleted: pa.Table,
+                    table_rows: int) -> Manifest:
+        pk = list(tdef.primary_key)
+        if rows.num_rows:
+            rows = rows.take(pc.sort_indices(rows, sort_keys=[(k, "ascending") for k in pk]))
+        rows = rows.combine_chunks()
+        bounds = chunk_bounds(rows, pk)
+        digests = self.chunks.put_tables([rows.slice(o, n) for o, n in bounds])
+        gone = self.chunks.put_tables([deleted.combine_chunks()]) if deleted.num_rows else []
+        m = Manifest(tdef.name, tdef.created, version, schema_to_bytes(tdef.schema), pk, digests,
+                     [n for _, n in bounds], table_rows, base, gone)
+        return self._record(m)
 
     def write(self, tdef: TableDef, version: int, table: pa.Table) -> Manifest:
         pk = list(tdef.primary_key)
@@ -184,17 +244,22 @@ class CheckpointStore:
         written in the checkpoint layout becomes the table's checkpoint for free."""
         m = Manifest(tdef.name, tdef.created, version, schema_to_bytes(tdef.schema), list(tdef.primary_key),
                      digests, chunk_rows, sum(chunk_rows))
-        path = self._path(tdef.name, tdef.created, version)
+        return self._record(m)
+
+    def _record(self, m: Manifest) -> Manifest:
+        version = m.version
+        path = self._path(m.table, m.created, version)
         try:
             make_dirs_durably(self._io, os.path.dirname(path))
             write_file_durably(self._io, path, _enc.encode(m))
         except OSError as exc:
             raise storage_error_from_os(exc, "write the checkpoint manifest", path) from exc
         with self._lock:
-            versions = self._index.setdefault((tdef.name, tdef.created), [])
+            versions = self._index.setdefault((m.table, m.created), [])
             if version not in versions:
                 versions.append(version)
                 versions.sort()
+            self._bases[(m.table, m.created, version)] = m.base
         return m
 
     def all_manifests(self) -> list[tuple[str, int, int]]:
@@ -211,3 +276,4 @@ class CheckpointStore:
             versions = self._index.get((table, created), [])
             if version in versions:
                 versions.remove(version)
+            self._bases.pop((table, created, version), None)

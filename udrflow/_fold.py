@@ -39,30 +39,26 @@ def _fit(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table if table.schema.equals(schema) else table.cast(schema)
 
 
-def fold_keyed(base: pa.Table, events: list[tuple[int, pa.Table]], pk: list[str], schema: pa.Schema) -> pa.Table:
-    """Apply ``events`` (weight, rows) in order to ``base``, a table keyed by ``pk``.
-
-    A +1 table holds whole rows; a -1 table needs only the key columns.
-    """
+def net_keyed(events: list[tuple[int, pa.Table]], pk: list[str], schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
+    """The net effect of ``events`` on a keyed table: (rows, deleted keys). ``rows`` holds
+    the final row of every key whose last event is +1; ``deleted`` the keys whose last
+    event is -1. Applying them to any state before the events (remove the keys of both,
+    add ``rows``) gives the state after them."""
+    key_schema = pa.schema([schema.field(k) for k in pk])
     events = [(w, t) for w, t in events if t is not None and t.num_rows]
     if not events:
-        return base
-    if base.num_rows == 0 and len(events) == 1 and events[0][0] > 0:
-        # A first load: its keys are unique (checked at write), so it is the state as it is.
-        return events[0][1].select(schema.names).cast(schema)
+        return schema.empty_table(), key_schema.empty_table()
+    if any(w == 0 for w, _ in events):
+        raise InternalError("a change event must have weight +1 or -1")
     # One table of every event's keys, with its sequence number and, for +1 rows, its row
     # in the concatenated +1 rows (-1 for deletions), built from the event lengths.
     lengths = np.fromiter((t.num_rows for _, t in events), dtype=np.int64, count=len(events))
     positive = np.fromiter((w > 0 for w, _ in events), dtype=bool, count=len(events))
-    if any(w == 0 for w, _ in events):
-        raise InternalError("a change event must have weight +1 or -1")
     is_plus = np.repeat(positive, lengths)
     pidx = np.where(is_plus, np.cumsum(is_plus) - 1, -1)
-    key_schema = pa.schema([schema.field(k) for k in pk])
     keys = pa.concat_tables([_fit(t.select(pk), key_schema) for _, t in events])
     keys = keys.append_column(_SEQ, pa.array(np.arange(len(pidx), dtype=np.int64)))
     keys = keys.append_column(_PIDX, pa.array(pidx))
-    plus_parts = [t for w, t in events if w > 0]
     order = pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in pk] + [(_SEQ, "ascending")])
     keys = keys.take(order)
     n = keys.num_rows
@@ -77,14 +73,39 @@ def fold_keyed(base: pa.Table, events: list[tuple[int, pa.Table]], pk: list[str]
             differs |= ne.to_numpy(zero_copy_only=False)
         last[:-1] = differs
     final = keys.filter(pa.array(last))
-    pidx = final.column(_PIDX).to_numpy()
-    survivors = pidx[pidx >= 0]
-    kept = remove_keys(base, final.select(pk), pk)
-    if plus_parts and survivors.size:
-        plus = pa.concat_tables([_fit(t.select(schema.names), schema) for t in plus_parts])
-        plus = plus.take(pa.array(np.sort(survivors)))
-        return pa.concat_tables([kept.cast(schema), plus]) if kept.num_rows else plus
-    return kept
+    final_pidx = final.column(_PIDX).to_numpy()
+    deleted = final.filter(pa.array(final_pidx < 0)).select(pk)
+    survivors = np.sort(final_pidx[final_pidx >= 0])
+    if not survivors.size:
+        return schema.empty_table(), deleted
+    plus = pa.concat_tables([_fit(t.select(schema.names), schema) for w, t in events if w > 0])
+    return plus.take(pa.array(survivors)), deleted
+
+
+def apply_net(base: pa.Table, rows: pa.Table, deleted: pa.Table, pk: list[str], schema: pa.Schema) -> pa.Table:
+    """``base`` with the net changes (``net_keyed``) applied."""
+    if rows.num_rows == 0 and deleted.num_rows == 0:
+        return base
+    touched = pa.concat_tables([rows.select(pk), deleted]) if deleted.num_rows else rows.select(pk)
+    kept = remove_keys(base, touched, pk)
+    if rows.num_rows == 0:
+        return kept
+    return pa.concat_tables([_fit(kept, schema), rows]) if kept.num_rows else rows
+
+
+def fold_keyed(base: pa.Table, events: list[tuple[int, pa.Table]], pk: list[str], schema: pa.Schema) -> pa.Table:
+    """Apply ``events`` (weight, rows) in order to ``base``, a table keyed by ``pk``.
+
+    A +1 table holds whole rows; a -1 table needs only the key columns.
+    """
+    events = [(w, t) for w, t in events if t is not None and t.num_rows]
+    if not events:
+        return base
+    if base.num_rows == 0 and len(events) == 1 and events[0][0] > 0:
+        # A first load: its keys are unique (checked at write), so it is the state as it is.
+        return _fit(events[0][1].select(schema.names), schema)
+    rows, deleted = net_keyed(events, pk, schema)
+    return apply_net(base, rows, deleted, pk, schema)
 
 
 def fold_multiset(base: pa.Table, events: list[tuple[int, pa.Table]], schema: pa.Schema) -> pa.Table:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from udrflow._catalog import Catalog, TableDef
-from udrflow._checkpoint import CheckpointStore, chunk_bounds
+from udrflow._checkpoint import DELTA_ROWS_MAX_RATIO, CheckpointStore, chunk_bounds
 from udrflow._chunks import ChunkStore
 from udrflow._commit import (
     AddColumn,
@@ -43,7 +43,7 @@ from udrflow._commit import (
     make_changes,
 )
 from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
-from udrflow._fold import fold_keyed, fold_multiset, remove_keys
+from udrflow._fold import fold_keyed, fold_multiset, net_keyed, remove_keys
 from udrflow._head import KeyedHead, MultisetHead, key_list, keys_table
 from udrflow._limits import COMMIT_BODY_BYTES_MAX, COMMIT_INLINE_ROWS_BYTES_MAX
 from udrflow._schema import add_column_schema, check_table_schema, schema_to_bytes
@@ -68,7 +68,7 @@ SNAPSHOT_CACHE_BYTES_MAX = 1024 * 1024 * 1024
 # a read then replays at most ~2x the table's rows of changes, or 1024 commits.
 CHECKPOINT_TAIL_RATIO = 2.0
 CHECKPOINT_TAIL_ROWS_MIN = 4096   # ... but never for fewer changed rows than this
-CHECKPOINT_TAIL_COMMITS_MAX = 1024  # ... or when this many commits changed it since
+CHECKPOINT_TAIL_COMMITS_MAX = 256   # ... or when this many commits changed it since (cheap: see deltas)
 
 
 # ---- logical operations (what users ask for; resolved at commit) ----------------------
@@ -760,10 +760,36 @@ class TableEngine:
         if tdef is None:
             return None
         with self._maintenance_lock:
-            if self.checkpoints.nearest(tdef, v) == v:
+            nearest = self.checkpoints.nearest(tdef, v)
+            if nearest == v:
+                return v
+            if tdef.keyed and self._write_delta(tdef, v, nearest):
                 return v
             self.checkpoints.write(tdef, v, self.read(name, v))
         return v
+
+    def _write_delta(self, tdef: TableDef, v: int, nearest: int | None) -> bool:
+        """Write a delta checkpoint at ``v`` if the table changed little since its last full
+        one. The net changes come from the newest checkpoint (a delta is itself net changes
+        on the same base) plus the log after it, so the cost is the delta plus that tail."""
+        full = self.checkpoints.nearest_full(tdef, v)
+        if full is None:
+            return False
+        size = self.catalog.row_count(tdef.name, v)
+        _, changed = self.catalog.changed_rows(tdef.name, full, v)
+        if changed > DELTA_ROWS_MAX_RATIO * max(size, 1):
+            return False
+        events: list[tuple[int, pa.Table]] = []
+        start = full
+        if nearest is not None and nearest != full and self.checkpoints.base_of(tdef, nearest) == full:
+            rows, deleted = self.checkpoints.read_delta(tdef, self.checkpoints.manifest(tdef.name, tdef.created,
+                                                                                          nearest))
+            events += [(-1, deleted), (1, rows)]
+            start = nearest
+        events += self._tail_events(tdef, start, v)
+        rows, deleted = net_keyed(events, list(tdef.primary_key), tdef.schema)
+        self.checkpoints.write_delta(tdef, v, full, rows, deleted, size)
+        return True
 
     # ---- retention and garbage collection --------------------------------------------
 
@@ -797,10 +823,19 @@ class TableEngine:
         with self._lock, self._maintenance_lock:
             head = self.log.version
             report = {"manifests_removed": 0, "segments_removed": 0, "chunks_removed": 0, "bytes_removed": 0}
-            # 1. Checkpoints below each table's anchor (the checkpoint at its since).
+            # 1. Checkpoints below each table's anchor (the checkpoint at its since), except
+            #    the full checkpoints that retained deltas are built on.
+            doomed, needed = [], set()
             for table, created, version in self.checkpoints.all_manifests():
                 entry = self._retention.get(table)
                 if entry is not None and entry[0] == created and version < entry[1]:
+                    doomed.append((table, created, version))
+                else:
+                    base = self.checkpoints.manifest(table, created, version).base
+                    if base:
+                        needed.add((table, created, base))
+            for table, created, version in doomed:
+                if (table, created, version) not in needed:
                     self.checkpoints.delete(table, created, version)
                     report["manifests_removed"] += 1
             # 2. Log segments: every table alive at the cut must have its since at or past it.
@@ -836,7 +871,9 @@ class TableEngine:
             store = self.checkpoints if branch == self.branch else CheckpointStore(
                 os.path.join(root, branch), self._io, self.chunks)
             for table, created, version in store.all_manifests():
-                live.update(store.manifest(table, created, version).chunks)
+                m = store.manifest(table, created, version)
+                live.update(m.chunks)
+                live.update(m.deleted)
         for record in self.log.scan():
             for op in decode_header(record.payload, record.version).ops:
                 live.update(h for h in getattr(op, "chunks", ()) if h)
