@@ -175,7 +175,8 @@ class CheckpointStore:
         if m.base:
             pk = list(tdef.primary_key)
             rows, deleted = self.read_delta(tdef, m)
-            table = apply_net(self.read(tdef, m.base), rows, deleted, pk, tdef.schema)
+            # The base is a full checkpoint: written sorted by key.
+            table = apply_net(self.read(tdef, m.base), rows, deleted, pk, tdef.schema, base_sorted=True)
             if table.num_rows != m.rows:
                 path = self._path(tdef.name, tdef.created, version)
                 raise CorruptionError(f"delta checkpoint {path} gives {table.num_rows} rows: its manifest says "

@@ -23,16 +23,32 @@ _PIDX = "__pidx"
 _W = "__weight"
 
 
-def remove_keys(table: pa.Table, keys: pa.Table, pk: list[str]) -> pa.Table:
-    """Rows of ``table`` whose key is not among ``keys`` (order kept for one-column keys)."""
+def remove_keys(table: pa.Table, keys: pa.Table, pk: list[str], *, table_sorted: bool = False) -> pa.Table:
+    """Rows of ``table`` whose key is not among ``keys`` (order kept for one-column keys).
+
+    ``table_sorted``: the table is sorted by its (one, integer) key, as checkpoints are; the
+    keys are then found by binary search instead of hashing every row of the table."""
     if keys.num_rows == 0 or table.num_rows == 0:
         return table
+    if table_sorted and len(pk) == 1 and _integer_like(table.schema.field(pk[0]).type):
+        column = table.column(pk[0]).to_numpy()
+        wanted = keys.column(pk[0]).to_numpy()
+        pos = np.searchsorted(column, wanted)
+        pos = pos[pos < len(column)]
+        pos = pos[np.isin(column[pos], wanted)] if pos.size else pos
+        mask = np.ones(len(column), dtype=bool)
+        mask[pos] = False
+        return table.filter(pa.array(mask))
     if len(pk) == 1:
         k = pk[0]
         hit = pc.is_in(table.column(k), value_set=pc.unique(keys.column(k).combine_chunks()))
         return table.filter(pc.invert(hit))
     return table.join(keys.select(pk).group_by(pk).aggregate([]), keys=pk, join_type="left anti",
                       use_threads=True).select(table.column_names)
+
+
+def _integer_like(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_date32(t) or pa.types.is_timestamp(t)
 
 
 def _fit(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -82,12 +98,13 @@ def net_keyed(events: list[tuple[int, pa.Table]], pk: list[str], schema: pa.Sche
     return plus.take(pa.array(survivors)), deleted
 
 
-def apply_net(base: pa.Table, rows: pa.Table, deleted: pa.Table, pk: list[str], schema: pa.Schema) -> pa.Table:
+def apply_net(base: pa.Table, rows: pa.Table, deleted: pa.Table, pk: list[str], schema: pa.Schema, *,
+              base_sorted: bool = False) -> pa.Table:
     """``base`` with the net changes (``net_keyed``) applied."""
     if rows.num_rows == 0 and deleted.num_rows == 0:
         return base
     touched = pa.concat_tables([rows.select(pk), deleted]) if deleted.num_rows else rows.select(pk)
-    kept = remove_keys(base, touched, pk)
+    kept = remove_keys(base, touched, pk, table_sorted=base_sorted)
     if rows.num_rows == 0:
         return kept
     return pa.concat_tables([_fit(kept, schema), rows]) if kept.num_rows else rows
