@@ -47,25 +47,33 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import hashlib
 import json
 import math
 import os
 import platform
 import random
-import shutil
 import sqlite3
 import statistics
 import struct
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _bench_common import (
+    DEFAULT_TMP,
+    RESULTS_DIR,
+    ROOT,
+    Scratch,
+    Target,
+    machine_info,
+    rotated,
+    sources_digest,
+    verdict,
+)
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -85,9 +93,6 @@ RECORD_BYTES = PAYLOAD_BYTES + FRAME_OVERHEAD_BYTES  # what one commit puts on d
 _RAW_HEADER = struct.Struct("<IIQq")
 _RAW_PAD = bytes(FRAME_OVERHEAD_BYTES - _RAW_HEADER.size)
 
-DEFAULT_TMP = ROOT / "benchmarks" / ".tmp"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-
 
 @dataclass(frozen=True)
 class Sizes:
@@ -106,42 +111,7 @@ QUICK = Sizes(records=50_000, batch_size=10_000, single_commits=100, single_warm
               threads=8, commits_per_thread=75, repetitions=3)
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    value: float
-    op: str  # ">=" or "<="
-    target: float
-
-    @property
-    def passed(self) -> bool:
-        return self.value >= self.target if self.op == ">=" else self.value <= self.target
-
-
 # ---- helpers ---------------------------------------------------------------------------
-
-
-class Scratch:
-    """Fresh directories under one temp root on the benchmarked filesystem."""
-
-    def __init__(self, parent: Path) -> None:
-        self._parent = parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.root = tempfile.mkdtemp(prefix="bench_log-", dir=parent)
-
-    def fresh(self, name: str) -> str:
-        return tempfile.mkdtemp(prefix=f"{name}-", dir=self.root)
-
-    @staticmethod
-    def discard(path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
-
-    def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        try:
-            self._parent.rmdir()  # only if nothing else lives there
-        except OSError:
-            pass
 
 
 def make_payloads(count: int, seed: int) -> list[bytes]:
@@ -160,11 +130,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list (q in 0..100)."""
     rank = max(1, math.ceil(q / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
-
-
-def rotated(items: list, shift: int) -> list:
-    shift %= len(items)
-    return items[shift:] + items[:shift]
 
 
 def segment_data_bytes(directory: str) -> int:
@@ -433,58 +398,20 @@ def bench_group_commit(scratch: Scratch, sizes: Sizes) -> dict:
 # ---- machine info and report ------------------------------------------------------------
 
 
-def filesystem_of(path: str) -> dict:
-    real, best = os.path.realpath(path), ("", "unknown", "unknown")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                device, mount, fstype = line.split()[:3]
-                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best[0]):
-                    best = (mount, fstype, device)
-    except OSError:
-        pass
-    usage = shutil.disk_usage(path)
-    return {"path": real, "mount": best[0], "fstype": best[1], "device": best[2],
-            "same_device_as_repo": os.stat(path).st_dev == os.stat(ROOT).st_dev,
-            "free_bytes": usage.free}
+def log_sources() -> list[Path]:
+    """The log's sources, hashed into the results to tie them to the code measured."""
+    return [*sorted((ROOT / "udrflow" / "log").glob("*.py")), ROOT / "udrflow" / "_fileio.py",
+            *sorted((ROOT / "udrflow" / "_ext").glob("*.pyx"))]
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def sources_digest() -> str:
-    """SHA-256 over the log's sources, to tie results to the code measured (no git needed)."""
-    digest = hashlib.sha256()
-    files = [*sorted((ROOT / "udrflow" / "log").glob("*.py")), ROOT / "udrflow" / "_fileio.py",
-             *sorted((ROOT / "udrflow" / "_ext").glob("*.pyx"))]
-    for path in files:
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def machine_info(scratch_root: str) -> dict:
-    return {
-        "python": sys.version.split()[0],
+def log_machine_info(scratch_root: str) -> dict:
+    return machine_info(scratch_root, {
         "python_implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model(),
         "crc32c_implementation": _crc32c.implementation(),
         "sqlite_version": sqlite3.sqlite_version,
         "udrflow_version": udrflow.__version__,
-        "udrflow_log_sources_sha256": sources_digest(),
-        "filesystem": filesystem_of(scratch_root),
-        "loadavg_start": list(os.getloadavg()),
-    }
+        "udrflow_log_sources_sha256": sources_digest(log_sources()),
+    })
 
 
 def build_targets(a: dict, b: dict, c: dict) -> list[Target]:
@@ -495,11 +422,6 @@ def build_targets(a: dict, b: dict, c: dict) -> list[Target]:
         Target("b_commits_per_s_udrflow_vs_sqlite3", b["ratio_commits_per_s_udrflow_vs_sqlite3"], ">=", 1.0),
         Target("c_many_threads_vs_one", c["ratio_many_vs_one"], ">=", 4.0),
     ]
-
-
-def verdict(targets: list[Target], name: str) -> str:
-    t = next(t for t in targets if t.name == name)
-    return f"{'PASS' if t.passed else 'MISS'} (target {t.op} {t.target:g})"
 
 
 def print_report(result: dict, targets: list[Target]) -> None:
@@ -570,9 +492,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    scratch = Scratch(args.tmp_dir)
+    scratch = Scratch(args.tmp_dir, "bench_log")
     try:
-        machine = machine_info(scratch.root)
+        machine = log_machine_info(scratch.root)
         a = bench_batched(scratch, sizes)
         b = bench_latency(scratch, sizes)
         c = bench_group_commit(scratch, sizes)

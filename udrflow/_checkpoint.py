@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from udrflow._catalog import TableDef
 from udrflow._chunks import ChunkStore
 from udrflow._ext._keyhash import hash_large_binary
-from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
+from udrflow._fileio import FileIO, make_dirs_durably, remove_file, write_file_durably
 from udrflow._fold import apply_net
 from udrflow._schema import conform as conform_to
 from udrflow._schema import schema_from_bytes, schema_to_bytes
@@ -268,11 +268,7 @@ class CheckpointStore:
             return [(t, c, v) for (t, c), vs in self._index.items() for v in vs]
 
     def delete(self, table: str, created: int, version: int) -> None:
-        path = self._path(table, created, version)
-        try:
-            self._io.unlink(path)
-        except FileNotFoundError:
-            pass
+        remove_file(self._io, self._path(table, created, version), "checkpoint manifest")
         with self._lock:
             versions = self._index.get((table, created), [])
             if version in versions:

@@ -49,7 +49,7 @@ import blake3
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from udrflow._fileio import TEMP_MARKER, FileIO, make_dirs_durably, temp_path_for
+from udrflow._fileio import TEMP_MARKER, FileIO, make_dirs_durably, remove_file, temp_path_for
 from udrflow._limits import CHUNK_CACHE_BYTES_MAX, CHUNK_WRITE_BATCH_MAX
 from udrflow.errors import CorruptionError, UsageError, require, storage_error_from_os
 
@@ -513,13 +513,7 @@ class ChunkStore:
         """
         removed = 0
         for entry in self._files():
-            if TEMP_MARKER in entry.name:
-                try:
-                    self.io.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    raise storage_error_from_os(exc, "remove chunk temp file", entry.path) from exc
+            if TEMP_MARKER in entry.name and remove_file(self.io, entry.path, "chunk temp file"):
                 removed += 1
         return removed
 

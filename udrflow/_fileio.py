@@ -97,6 +97,19 @@ def write_file_durably(io: FileIO, path: str, data: bytes) -> None:
     io.fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def remove_file(io: FileIO, path: str, what: str) -> bool:
+    """Unlink ``path`` (a ``what``, for the error message); False if it was already gone."""
+    from udrflow.errors import storage_error_from_os
+
+    try:
+        io.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise storage_error_from_os(exc, f"remove the {what}", path) from exc
+    return True
+
+
 def make_dirs_durably(io: FileIO, path: str) -> None:
     """Create ``path`` and any missing parents, fsyncing each parent so the new entries survive."""
     path = os.path.abspath(path)

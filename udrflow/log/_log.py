@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from udrflow._clock import Clock, SystemClock
 from udrflow._ext import _frame
 from udrflow._ext._frame import LogRecord
-from udrflow._fileio import FileIO, make_dirs_durably
+from udrflow._fileio import FileIO, make_dirs_durably, remove_file
 from udrflow._limits import (
     COMMIT_BODY_BYTES_MAX,
     FSYNC_INTERVAL_MS_DEFAULT,
@@ -251,12 +251,7 @@ class EpochLog:
             self._segments = self._segments[len(doomed):]
         for segment in doomed:
             segment.close()
-            try:
-                writer._io.unlink(segment.path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise storage_error_from_os(exc, "delete the log segment", segment.path) from exc
+            remove_file(writer._io, segment.path, "log segment")
         try:
             writer._io.fsync_dir(self.directory)
         except OSError as exc:

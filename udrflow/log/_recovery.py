@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 
 from udrflow._ext import _frame
-from udrflow._fileio import TEMP_MARKER, FileIO
+from udrflow._fileio import TEMP_MARKER, FileIO, remove_file
 from udrflow._limits import FRAME_LENGTH_MAX, SEGMENT_HEADER_BYTES
 from udrflow.errors import CorruptionError, InternalError, storage_error_from_os
 from udrflow.log._segment import Segment, check_segment_header, parse_segment_name
@@ -208,10 +208,7 @@ def recover(directory: str, io: FileIO, writable: bool) -> Recovered:
     for name in names:
         if TEMP_MARKER in name:
             if writable:
-                try:
-                    io.unlink(os.path.join(directory, name))
-                except OSError as exc:
-                    raise storage_error_from_os(exc, "remove the leftover temp file", os.path.join(directory, name)) from exc
+                remove_file(io, os.path.join(directory, name), "leftover temp file")
             continue
         first = parse_segment_name(name)
         if first is not None:
