@@ -180,7 +180,3 @@ class Catalog:
             return 0, 0
         cum = hist.change_rows_cum
         return hi - lo, cum[hi - 1] - (cum[lo - 1] if lo > 0 else 0)
-
-    def last_ddl_version(self, name: str) -> int:
-        hist = self._tables.get(name)
-        return hist.versions[-1] if hist and hist.versions else 0

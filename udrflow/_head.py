@@ -48,14 +48,6 @@ class KeyedHead:
         self.batches: list[pa.Table] = []
         self.overlay: dict = {}
 
-    @property
-    def rows(self) -> int:
-        base_live = self.base.num_rows - sum(1 for k in self.overlay if self._in_base(k))
-        return base_live + sum(1 for v in self.overlay.values() if v is not None)
-
-    def _in_base(self, key) -> bool:
-        return key in self._base_index()
-
     def _base_index(self) -> dict:
         if self._index is None:
             self._index = dict(zip(key_list(self.base, self.pk), range(self.base.num_rows), strict=True))

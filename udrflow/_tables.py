@@ -43,7 +43,7 @@ from udrflow._commit import (
     make_changes,
 )
 from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
-from udrflow._fold import fold_keyed, fold_multiset, net_keyed, remove_keys
+from udrflow._fold import fold_keyed, fold_multiset, net_keyed
 from udrflow._head import KeyedHead, MultisetHead, key_list, keys_table
 from udrflow._limits import COMMIT_BODY_BYTES_MAX, COMMIT_INLINE_ROWS_BYTES_MAX
 from udrflow._schema import add_column_schema, check_table_schema, schema_to_bytes
@@ -883,6 +883,3 @@ class TableEngine:
         if self._checkpoint_queue is not None:
             self._checkpoint_queue.put(None)
             self._checkpoint_thread.join()
-
-    def rows_removed(self, tdef: TableDef, table: pa.Table, keys: pa.Table) -> pa.Table:
-        return remove_keys(table, keys, list(tdef.primary_key))

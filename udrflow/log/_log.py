@@ -178,11 +178,9 @@ class EpochLog:
 
     # ---- writing -----------------------------------------------------------------
 
-    def append(self, payload: bytes | bytearray | memoryview, *, check_only: bool = False) -> int:
+    def append(self, payload: bytes | bytearray | memoryview) -> int:
         """Commit ``payload`` as one frame; return its version once acknowledged."""
         body = self._check_payload(payload, "commit payload")
-        if check_only:
-            return 0
         return self._require_writer().append([body], len(body))
 
     def append_batch(self, payloads: Iterable[bytes | bytearray | memoryview]) -> range:
