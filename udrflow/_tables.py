@@ -402,9 +402,12 @@ class TableEngine:
                 whole.add(ident)
             else:
                 pk = list(tdef.primary_key)
-                keys.setdefault(ident, []).append(op.rows.select(pk).cast(pa.schema([tdef.schema.field(k) for k in pk])))
+                key_schema = pa.schema([tdef.schema.field(k) for k in pk])
+                part = op.rows.select(pk)
+                keys.setdefault(ident, []).append(part if part.schema.equals(key_schema) else part.cast(key_schema))
         written = [_Written(0, ident, None) for ident in whole]
-        written += [_Written(0, ident, pa.concat_tables(parts)) for ident, parts in keys.items() if ident not in whole]
+        written += [_Written(0, ident, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
+                    for ident, parts in keys.items() if ident not in whole]
         return written
 
     def _validate(self, begin: int, written: list[_Written], read_tables: set[str]) -> None:
@@ -564,10 +567,15 @@ class TableEngine:
                 if clash:
                     raise SchemaError(f"duplicate primary key {self._fmt_keys(pk, clash)} in the insert into table "
                                       f"{name!r}: already in the table (use upsert to replace rows)")
-            mask = pa.array(exists)
-            upd_new = final_plus.filter(mask)
             upd_old = head.gather([loc for loc in locs if loc is not None])
-            ins = final_plus.filter(pc.invert(mask))
+            if all(exists):  # the common cases need no filtering
+                upd_new, ins = final_plus, None
+            elif not any(exists):
+                upd_new, upd_old, ins = None, None, final_plus
+            else:
+                mask = pa.array(exists)
+                upd_new = final_plus.filter(mask)
+                ins = final_plus.filter(pc.invert(mask))
         if final_minus is not None and final_minus.num_rows:
             locs = [loc for loc in head.locate(key_list(final_minus, pk)) if loc is not None]
             dels = head.gather(locs) if locs else None
