@@ -335,14 +335,17 @@ class TableEngine:
             if generation is not None and generation != self._generation:
                 raise TransactionConflictError(
                     "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
+            written = self._written_by(ops)
             if begin is not None:
                 # Conflicts first: a transaction overtaken by another commit must lose with
                 # TransactionConflictError (retryable), not with whatever resolving its
                 # operations against the newer state would raise.
-                self._validate(begin, self._written_by(ops), read_tables or set())
-            resolved, written, effects = self._resolve(ops)
+                self._validate(begin, written, read_tables or set())
+            resolved, effects = self._resolve(ops)
             if not resolved:
                 return None
+            changed = {op.table for op in resolved}
+            written = [w for w in written if w.table[0] in changed]  # ops that changed nothing wrote nothing
             adoptions: list = []
             if any(isinstance(op, Changes) and len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX for op in resolved):
                 self._spill_to_chunks(resolved, effects, adoptions)
@@ -477,13 +480,12 @@ class TableEngine:
         else:
             head.events = [(w, conform_to(t, tdef.schema)) for w, t in head.events]
 
-    def _resolve(self, ops: list[Op]) -> tuple[list, list[_Written], dict]:
+    def _resolve(self, ops: list[Op]) -> tuple[list, dict]:
         """Turn logical ops into encoded operations, checking them all before anything is queued.
 
         Nothing in the head state changes here: a transaction with two operations on one
         table is folded into one net change per table first."""
         resolved: list = []
-        written: dict[tuple[str, int], _Written] = {}
         pending_ddl: dict[str, TableDef | None] = {}
 
         def current_def(name: str) -> TableDef | None:
@@ -507,27 +509,24 @@ class TableEngine:
                 schema = add_column_schema(tdef.schema, op.column, table=op.table)
                 resolved.append(AddColumn(op.table, schema_to_bytes(schema)))
                 pending_ddl[op.table] = TableDef(op.table, schema, tdef.primary_key, tdef.created, -1)
-                written[(op.table, tdef.created)] = _Written(0, (op.table, tdef.created), None)
             elif op.kind == "drop_table":
                 tdef = current_def(op.table)
                 if tdef is None:
                     raise TableNotFoundError(f"table {op.table!r} does not exist")
                 resolved.append(DropTable(op.table))
                 pending_ddl[op.table] = None
-                written[(op.table, tdef.created)] = _Written(0, (op.table, tdef.created), None)
             else:
                 if op.table in pending_ddl:
                     raise UsageError(f"table {op.table!r}: change its rows in a later commit than its DDL")
                 row_ops.setdefault(op.table, []).append(op)
         for name, table_ops in row_ops.items():
             tdef = self._def_at_head(name)
-            changes, keys, effect = self._resolve_rows(tdef, table_ops)
+            changes, effect = self._resolve_rows(tdef, table_ops)
             if changes is None:
                 continue
             resolved.append(changes)
             effects[name] = effect
-            written.setdefault((name, tdef.created), _Written(0, (name, tdef.created), keys))
-        return resolved, list(written.values()), effects
+        return resolved, effects
 
     def _resolve_rows(self, tdef: TableDef, ops: list[Op]):
         name = tdef.name
@@ -549,8 +548,8 @@ class TableEngine:
             if minus is not None and minus.num_rows:
                 self._check_rows_exist(tdef, minus)
             if (plus is None or not plus.num_rows) and (minus is None or not minus.num_rows):
-                return None, None, None
-            return make_changes(name, plus, minus), None, (plus, minus)
+                return None, None
+            return make_changes(name, plus, minus), (plus, minus)
         pk = list(tdef.primary_key)
         head = self._head(tdef)
         if len(ops) == 1:
@@ -581,12 +580,10 @@ class TableEngine:
             dels = head.gather(locs) if locs else None
         rows = sum(t.num_rows for t in (upd_new, ins, dels) if t is not None)
         if rows == 0:
-            return None, None, None
-        written_keys = [t.select(pk) for t in (final_plus, final_minus) if t is not None and t.num_rows]
-        keys = pa.concat_tables(written_keys, promote_options="permissive") if written_keys else None
+            return None, None
         plus = final_plus if final_plus is not None and final_plus.num_rows else None
         minus_keys = dels.select(pk) if dels is not None and dels.num_rows else None
-        return make_changes(name, ins, dels, upd_new, upd_old, pk), keys, (plus, minus_keys)
+        return make_changes(name, ins, dels, upd_new, upd_old, pk), (plus, minus_keys)
 
     def _single_op_effect(self, tdef: TableDef, head, op: Op):
         pk = list(tdef.primary_key)
