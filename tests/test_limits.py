@@ -16,4 +16,7 @@ def test_limit_relations():
     assert L.PENDING_BYTES_MAX >= L.FRAME_BYTES_MAX
     assert L.EPOCH_BYTES_MAX <= L.PENDING_BYTES_MAX
     assert L.READ_BYTES_MAX >= 1 and L.FSYNC_INTERVAL_MS_MIN <= L.FSYNC_INTERVAL_MS_DEFAULT <= L.FSYNC_INTERVAL_MS_MAX
+    # Python-value rows (new and old values, up to 4 UTF-8 bytes a character) stay far below
+    # the size at which row data moves to chunks.
+    assert L.PY_ROWS_BYTES_MAX * 8 <= L.COMMIT_INLINE_ROWS_BYTES_MAX
     assert HEAD_BYTES < 512, "HEAD must be one sector so a torn write is rare and caught by its checksum"

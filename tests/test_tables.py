@@ -215,11 +215,51 @@ def test_delta_checkpoints_store_what_changed(tmp_path):
         assert len(got) == n - sum(1 for v in expected.values() if v is None)
         for k, v in expected.items():
             assert got.get(k) == v, k
+        chain = [m.version for m in engine.checkpoints.chain(tdef, versions[-1])]
+        assert chain[-1] == versions[-1] and all(base < a < b for a, b in zip(chain, chain[1:], strict=False))
         db.set_since(versions[-1])
         db.gc()
-        assert engine.checkpoints.versions("t", tdef.created) == [base, versions[-1]]  # the base stays
+        # The full checkpoint and the deltas the retained one builds on stay.
+        assert engine.checkpoints.versions("t", tdef.created) == [base, *chain]
         engine.cache = type(engine.cache)()
         assert db.read("t").num_rows == len(got)
+
+
+def test_delta_chains_are_bounded_and_read_exactly_at_every_checkpoint(tmp_path):
+    """Each delta holds the changes since the previous one, and every DELTA_CHAIN_MAX
+    deltas one holds everything since the full checkpoint again, so a read applies at most
+    DELTA_CHAIN_MAX deltas; every checkpoint, read cold, gives the table as committed."""
+    from udrflow._checkpoint import DELTA_CHAIN_MAX
+
+    path = tmp_path / "c.udr"
+    history, checkpoints = {}, []
+    with udrflow.open(path, durability="none") as db:
+        db.create_table("t", pa.schema([("k", pa.int64()), ("v", pa.int64())]), primary_key=["k"])
+        db.insert("t", pa.table({"k": np.arange(5000), "v": np.zeros(5000, dtype=np.int64)}))
+        db.checkpoint("t")
+        state = dict.fromkeys(range(5000), 0)
+        rng = np.random.default_rng(5)
+        for step in range(3 * DELTA_CHAIN_MAX + 2):
+            for _ in range(20):
+                k = int(rng.integers(6000))
+                if rng.random() < 0.2:
+                    db.delete("t", keys=[{"k": k}])
+                    state.pop(k, None)
+                else:
+                    db.upsert("t", [{"k": k, "v": step}])
+                    state[k] = step
+            db.checkpoint("t")
+            checkpoints.append(db.version)
+            history[db.version] = dict(state)
+        engine = db._engine()
+        tdef = engine.table_def("t", db.version)
+        chains = [len(engine.checkpoints.chain(tdef, v)) for v in checkpoints]
+        assert max(chains) == DELTA_CHAIN_MAX and chains[:DELTA_CHAIN_MAX + 1] == [*range(1, DELTA_CHAIN_MAX + 1), 1]
+    with udrflow.open(path) as db:
+        for v in checkpoints:
+            db._engine().cache = type(db._engine().cache)()
+            got = {r["k"]: r["v"] for r in db.read("t", version=v).to_pylist()}
+            assert got == history[v], v
 
 
 def test_automatic_checkpoints_bound_the_tail(tmp_path):

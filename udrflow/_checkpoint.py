@@ -11,11 +11,14 @@ and is stored once. Tables without a key keep insertion order and cut every
 2**CHUNK_ROWS_TARGET_LOG2 rows, so an append-only table shares all its full chunks.
 
 A checkpoint of a keyed table that has changed little since its last full checkpoint is
-a *delta*: the net changes since that base (final rows of the changed keys, key-sorted and
-chunked the same way, and the deleted keys), so a checkpoint every few hundred commits
-costs what changed, not a copy of the table. Reading it is the base plus the delta
-(``_fold.apply_net``). A full checkpoint is written once the changes reach
-DELTA_ROWS_MAX_RATIO of the table.
+a *delta*: net changes (final rows of the changed keys, key-sorted and chunked the same
+way, and the deleted keys), so a checkpoint every few hundred commits costs what changed,
+not a copy of the table. A delta holds the net changes since its ``parent``: the previous
+delta of the same full checkpoint, so writing one costs only the commits since that one;
+every DELTA_CHAIN_MAX deltas, one holds everything since the full checkpoint again
+(``parent`` 0), so a read applies at most that many. Reading a delta is its full
+checkpoint plus the chain's net changes (``_fold.net_keyed`` + ``apply_net``). A full
+checkpoint is written once the changes reach DELTA_ROWS_MAX_RATIO of the table.
 
 A manifest lives at ``checkpoints/<branch>/<table>/<created>-<version>.ckpt`` and is
 written durably after its chunks.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import bisect
 import os
 import threading
+from collections.abc import Callable
 
 import msgspec
 import numpy as np
@@ -33,10 +37,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from udrflow._catalog import TableDef
-from udrflow._chunks import ChunkStore
+from udrflow._chunks import ChunkStore, decode_table
 from udrflow._ext._keyhash import hash_large_binary
 from udrflow._fileio import FileIO, make_dirs_durably, remove_file, write_file_durably
-from udrflow._fold import apply_net
+from udrflow._fold import apply_net, drop_sorted_keys, net_keyed, sorted_key_like, work_pool
 from udrflow._schema import conform as conform_to
 from udrflow._schema import schema_from_bytes, schema_to_bytes
 from udrflow.errors import CorruptionError, storage_error_from_os
@@ -45,6 +49,7 @@ CHUNK_ROWS_TARGET_LOG2 = 14       # ~16k rows per chunk on average
 CHUNK_ROWS_MIN = 1 << 10
 CHUNK_ROWS_MAX = 1 << 17
 DELTA_ROWS_MAX_RATIO = 0.25  # a delta holds at most this share of the table's rows
+DELTA_CHAIN_MAX = 4  # deltas in a chain from a full checkpoint (reads apply at most this many)
 _SUFFIX = ".ckpt"
 
 
@@ -58,7 +63,8 @@ class Manifest(msgspec.Struct):
     chunk_rows: list[int]
     rows: int                  # rows of the table at ``version``
     base: int = 0              # delta: the version of the full checkpoint it applies to
-    deleted: list[str] = []    # delta: chunks of the keys deleted since ``base``
+    deleted: list[str] = []    # delta: chunks of the keys deleted since ``parent``
+    parent: int = 0            # delta: the delta (of the same base) whose state it changes; 0: ``base``
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -112,20 +118,6 @@ def chunk_bounds(table: pa.Table, pk: list[str]) -> list[tuple[int, int]]:
     return bounds
 
 
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _decode_pool():
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="udrflow-decode")
-        return _pool
-
-
 class CheckpointStore:
     def __init__(self, root: str, io: FileIO, chunks: ChunkStore) -> None:
         self.root = root
@@ -174,7 +166,7 @@ class CheckpointStore:
         m = self.manifest(tdef.name, tdef.created, version)
         if m.base:
             pk = list(tdef.primary_key)
-            rows, deleted = self.read_delta(tdef, m)
+            rows, deleted = net_keyed(self.chain_events(tdef, version), pk, tdef.schema)
             # The base is a full checkpoint: written sorted by key.
             table = apply_net(self.read(tdef, m.base), rows, deleted, pk, tdef.schema, base_sorted=True)
             if table.num_rows != m.rows:
@@ -184,7 +176,7 @@ class CheckpointStore:
             return table
         schema = schema_from_bytes(m.schema)
         # Decoding (zstd) releases the GIL: spread a checkpoint's chunks over the cores.
-        parts = list(_decode_pool().map(self.chunks.get_table, m.chunks)) if len(m.chunks) > 1 else \
+        parts = list(work_pool().map(self.chunks.get_table, m.chunks)) if len(m.chunks) > 1 else \
             [self.chunks.get_table(h) for h in m.chunks]
         table = pa.concat_tables(parts) if parts else schema.empty_table()
         if table.num_rows != m.rows:
@@ -192,11 +184,88 @@ class CheckpointStore:
                                   f"rows: its manifest says {m.rows}", self._path(tdef.name, tdef.created, version))
         return conform_to(table, tdef.schema)
 
-    def read_delta(self, tdef: TableDef, m: Manifest) -> tuple[pa.Table, pa.Table]:
-        """(net rows, deleted keys) of a delta checkpoint, conformed to ``tdef``."""
+    def read_applied(self, tdef: TableDef, version: int,
+                     net: Callable[[], tuple[pa.Table, pa.Table]]) -> pa.Table:
+        """The full checkpoint at ``version`` with net changes applied, as ``apply_net`` would:
+        ``net()`` gives them (``_fold.net_keyed``'s rows and deleted keys) and runs on this
+        thread while the pool decodes the chunks; each chunk then has the changed keys
+        dropped in the worker that decoded it. ``net`` must not use the pool (its workers
+        wait for it)."""
+        m = self.manifest(tdef.name, tdef.created, version)
+        pk = list(tdef.primary_key)
+        if m.base or not sorted_key_like(tdef.schema.empty_table(), pk):
+            rows, deleted = net()
+            return apply_net(self.read(tdef, version), rows, deleted, pk, tdef.schema, base_sorted=True)
+        ready = threading.Event()
+        wanted: list[np.ndarray] = []
+
+        def load(digest: str) -> tuple[int, pa.Table]:
+            # Decoded without the chunk cache: the chunk is wanted as changed here, and its
+            # memory, freed right away, is reused for the next chunk instead of taken anew.
+            data = self.chunks.get(digest)
+            try:
+                chunk = decode_table(data)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                path = self.chunks.path_of(digest)
+                raise CorruptionError(f"chunk {digest} at {path} is not an Arrow IPC stream: {exc}", path) from exc
+            ready.wait()
+            return chunk.num_rows, drop_sorted_keys(chunk, wanted[0], pk[0]) if wanted else chunk
+
+        pool = work_pool()
+        futures = [pool.submit(load, h) for h in m.chunks]
+        try:
+            rows, deleted = net()
+            touched = pa.concat_tables([rows.select(pk), deleted]) if deleted.num_rows else rows.select(pk)
+            wanted.append(np.sort(touched.column(pk[0]).to_numpy()))
+        finally:
+            ready.set()  # also on failure: the workers must finish
+        parts = [f.result() for f in futures]
+        if sum(n for n, _ in parts) != m.rows:
+            path = self._path(tdef.name, tdef.created, version)
+            raise CorruptionError(f"checkpoint {path} holds {sum(n for n, _ in parts)} rows: its manifest says "
+                                  f"{m.rows}", path)
+        kept = conform_to(pa.concat_tables([t for _, t in parts]), tdef.schema) if parts else None
+        if kept is None or kept.num_rows == 0:
+            return rows
+        return pa.concat_tables([kept, rows]) if rows.num_rows else kept
+
+    def chain(self, tdef: TableDef, version: int) -> list[Manifest]:
+        """The delta at ``version`` and the deltas it builds on, oldest first (the full
+        checkpoint they all apply to is not included)."""
+        out = []
+        m = self.manifest(tdef.name, tdef.created, version)
+        while True:
+            out.append(m)
+            if not m.parent or m.parent == m.base:
+                break
+            if len(out) > DELTA_CHAIN_MAX or not m.base < m.parent < m.version:
+                path = self._path(tdef.name, tdef.created, m.version)
+                raise CorruptionError(f"delta checkpoint {path} has parent {m.parent}: expected a delta after its "
+                                      f"base {m.base}, at most {DELTA_CHAIN_MAX} deep", path)
+            m = self.manifest(tdef.name, tdef.created, m.parent)
+            if m.base != out[-1].base:
+                path = self._path(tdef.name, tdef.created, m.version)
+                raise CorruptionError(f"checkpoint {path} is the parent of delta {out[-1].version} but has base "
+                                      f"{m.base}: expected {out[-1].base}", path)
+        return out[::-1]
+
+    def chain_events(self, tdef: TableDef, version: int, *, parallel: bool = True) -> list[tuple[int, pa.Table]]:
+        """The weighted events (``_fold``) of the delta chain at ``version``, oldest first.
+        ``parallel=False``: without the decode pool (see ``read_applied``)."""
+        events: list[tuple[int, pa.Table]] = []
+        for m in self.chain(tdef, version):
+            rows, deleted = self.read_delta(tdef, m, parallel=parallel)
+            events += [(-1, deleted), (1, rows)]
+        return events
+
+    def read_delta(self, tdef: TableDef, m: Manifest, *, parallel: bool = True) -> tuple[pa.Table, pa.Table]:
+        """(net rows, deleted keys) of one delta checkpoint (since its parent), conformed to ``tdef``."""
         pk = list(tdef.primary_key)
         key_schema = pa.schema([tdef.schema.field(k) for k in pk])
-        parts = list(_decode_pool().map(self.chunks.get_table, m.chunks)) if m.chunks else []
+        if parallel and len(m.chunks) > 1:
+            parts = list(work_pool().map(self.chunks.get_table, m.chunks))
+        else:
+            parts = [self.chunks.get_table(h) for h in m.chunks]
         rows = conform_to(pa.concat_tables(parts), tdef.schema) if parts else tdef.schema.empty_table()
         gone = [self.chunks.get_table(h) for h in m.deleted]
         deleted = pa.concat_tables(gone).cast(key_schema) if gone else key_schema.empty_table()
@@ -219,7 +288,7 @@ class CheckpointStore:
         return None
 
     def write_delta(self, tdef: TableDef, version: int, base: int, rows: pa.Table, deleted: pa.Table,
-                    table_rows: int) -> Manifest:
+                    table_rows: int, parent: int = 0) -> Manifest:
         pk = list(tdef.primary_key)
         if rows.num_rows:
             rows = rows.take(pc.sort_indices(rows, sort_keys=[(k, "ascending") for k in pk]))
@@ -228,7 +297,7 @@ class CheckpointStore:
         digests = self.chunks.put_tables([rows.slice(o, n) for o, n in bounds])
         gone = self.chunks.put_tables([deleted.combine_chunks()]) if deleted.num_rows else []
         m = Manifest(tdef.name, tdef.created, version, schema_to_bytes(tdef.schema), pk, digests,
-                     [n for _, n in bounds], table_rows, base, gone)
+                     [n for _, n in bounds], table_rows, base, gone, parent)
         return self._record(m)
 
     def write(self, tdef: TableDef, version: int, table: pa.Table) -> Manifest:

@@ -12,14 +12,31 @@ multisets: each -1 row cancels one equal +1 row.
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from udrflow.errors import InternalError, SchemaError
 
-_SEQ = "__seq"
-_PIDX = "__pidx"
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def work_pool():
+    """A shared thread pool for Arrow work that releases the GIL (decoding chunks, filtering
+    columns): it spreads one read over the cores."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="udrflow-work")
+        return _pool
+
+
 _W = "__weight"
 
 
@@ -30,21 +47,61 @@ def remove_keys(table: pa.Table, keys: pa.Table, pk: list[str], *, table_sorted:
     keys are then found by binary search instead of hashing every row of the table."""
     if keys.num_rows == 0 or table.num_rows == 0:
         return table
-    if table_sorted and len(pk) == 1 and _integer_like(table.schema.field(pk[0]).type):
-        column = table.column(pk[0]).to_numpy()
-        wanted = keys.column(pk[0]).to_numpy()
-        pos = np.searchsorted(column, wanted)
-        pos = pos[pos < len(column)]
-        pos = pos[np.isin(column[pos], wanted)] if pos.size else pos
-        mask = np.ones(len(column), dtype=bool)
-        mask[pos] = False
-        return table.filter(pa.array(mask))
+    if table_sorted and sorted_key_like(table, pk):
+        return drop_sorted_keys(table, np.sort(keys.column(pk[0]).to_numpy()), pk[0])
     if len(pk) == 1:
         k = pk[0]
         hit = pc.is_in(table.column(k), value_set=pc.unique(keys.column(k).combine_chunks()))
-        return table.filter(pc.invert(hit))
+        return filter_columns(table, pc.invert(hit))
     return table.join(keys.select(pk).group_by(pk).aggregate([]), keys=pk, join_type="left anti",
                       use_threads=True).select(table.column_names)
+
+
+def filter_columns(table: pa.Table, mask: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """``table.filter(mask)``, a column at a time: filtering a many-chunk table whole
+    realigns the mask with every column's chunks, which costs about twice as much."""
+    return pa.Table.from_arrays([column.filter(mask) for column in table.columns], schema=table.schema)
+
+
+def sorted_key_like(table: pa.Table, pk: list[str]) -> bool:
+    """Whether ``drop_sorted_keys`` applies: one key column of an integer-like type."""
+    return len(pk) == 1 and _integer_like(table.schema.field(pk[0]).type)
+
+
+def drop_sorted_keys(table: pa.Table, wanted: np.ndarray, key: str) -> pa.Table:
+    """Rows of ``table`` (sorted by its integer-like ``key`` column, unique) whose key is not
+    in ``wanted`` (sorted numpy values of the key's type), found by binary search
+    chunk by chunk: no copy of the key column, and when the keys fall in few chunks only
+    those are copied, the others are kept as they are."""
+    if not wanted.size or not table.num_rows:
+        return table
+    masks: list[np.ndarray | None] = []
+    for chunk in table.column(key).chunks:
+        n = len(chunk)
+        mask = None
+        if n:
+            column = chunk.to_numpy()
+            mine = wanted[np.searchsorted(wanted, column[0], side="left"):
+                          np.searchsorted(wanted, column[-1], side="right")]
+            if mine.size:
+                pos = np.searchsorted(column, mine)  # < n: every one of mine is <= the chunk's last key
+                pos = pos[column[pos] == mine]
+                if pos.size:
+                    mask = np.ones(n, dtype=bool)
+                    mask[pos] = False
+        masks.append(mask)
+    touched = sum(m is not None for m in masks)
+    if touched == 0:
+        return table
+    batches = table.to_batches()
+    if touched * 2 <= len(masks) and [b.num_rows for b in batches] == [len(c) for c in table.column(key).chunks]:
+        return pa.Table.from_batches(
+            [b if m is None else pa.RecordBatch.from_arrays([c.filter(pa.array(m)) for c in b.columns],
+                                                            schema=table.schema)
+             for b, m in zip(batches, masks, strict=True)], schema=table.schema)
+    whole = np.concatenate([np.ones(len(c), dtype=bool) if m is None else m
+                            for c, m in zip(table.column(key).chunks, masks, strict=True)])
+    return filter_columns(table, pa.array(whole))
 
 
 def _integer_like(t: pa.DataType) -> bool:
@@ -73,24 +130,28 @@ def net_keyed(events: list[tuple[int, pa.Table]], pk: list[str], schema: pa.Sche
     is_plus = np.repeat(positive, lengths)
     pidx = np.where(is_plus, np.cumsum(is_plus) - 1, -1)
     keys = pa.concat_tables([_fit(t.select(pk), key_schema) for _, t in events])
-    keys = keys.append_column(_SEQ, pa.array(np.arange(len(pidx), dtype=np.int64)))
-    keys = keys.append_column(_PIDX, pa.array(pidx))
-    order = pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in pk] + [(_SEQ, "ascending")])
-    keys = keys.take(order)
     n = keys.num_rows
-    # The last event of each key: where the key differs from the next row's (or at the end).
-    last = np.zeros(n, dtype=bool)
-    last[-1] = True
-    if n > 1:
-        differs = np.zeros(n - 1, dtype=bool)
-        for k in pk:
-            col = keys.column(k)
-            ne = pc.fill_null(pc.not_equal(col.slice(0, n - 1), col.slice(1)), True)
-            differs |= ne.to_numpy(zero_copy_only=False)
-        last[:-1] = differs
-    final = keys.filter(pa.array(last))
-    final_pidx = final.column(_PIDX).to_numpy()
-    deleted = final.filter(pa.array(final_pidx < 0)).select(pk)
+    # Sort by key, stably (equal keys keep their event order), and find each key's last
+    # event: where the key differs from the next row's (or at the end).
+    last = np.ones(n, dtype=bool)
+    if sorted_key_like(keys, pk):
+        column = keys.column(pk[0]).to_numpy()
+        order = np.argsort(column, kind="stable")
+        ordered = column[order]
+        last[:-1] = ordered[:-1] != ordered[1:]
+    else:
+        order = pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in pk]).to_numpy()  # a stable sort
+        if n > 1:
+            ordered = keys.take(pa.array(order))
+            differs = np.zeros(n - 1, dtype=bool)
+            for k in pk:
+                col = ordered.column(k)
+                ne = pc.fill_null(pc.not_equal(col.slice(0, n - 1), col.slice(1)), True)
+                differs |= ne.to_numpy(zero_copy_only=False)
+            last[:-1] = differs
+    final = order[last]  # positions (in the concatenated events) of each key's last event
+    final_pidx = pidx[final]
+    deleted = keys.take(pa.array(final[final_pidx < 0]))
     survivors = np.sort(final_pidx[final_pidx >= 0])
     if not survivors.size:
         return schema.empty_table(), deleted

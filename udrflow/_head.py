@@ -9,6 +9,10 @@ A keyed head is a base table (a snapshot), a dict index from key to base row bui
 first use, and an overlay of keys changed since the base (pointing into the +1 batches
 of those commits, or None for deleted). When the overlay grows past a quarter of the
 base, the head is compacted into a new base with the vectorized fold.
+
+A +1 batch is an Arrow table, or, for small commits made of Python values (see
+``_pyrows.py``), a list of row tuples in the schema's column order: those commits read
+and extend the head without touching Arrow (``locate`` + ``rows``, ``apply_rows``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from udrflow._fold import fold_multiset, remove_keys
+from udrflow._pyrows import rows_to_table
 
 _MISSING = object()
 OVERLAY_KEYS_MIN = 65_536
@@ -45,7 +50,8 @@ class KeyedHead:
         self.pk = pk
         self.base = base
         self._index: dict | None = None
-        self.batches: list[pa.Table] = []
+        self._base_columns: list | None = None
+        self.batches: list[pa.Table | list[tuple]] = []
         self.overlay: dict = {}
 
     def _base_index(self) -> dict:
@@ -65,6 +71,23 @@ class KeyedHead:
             out.append(loc)
         return out
 
+    def rows(self, locs: list) -> list[tuple]:
+        """The rows at ``locs`` (all not None) as Python tuples in the schema's column order."""
+        out = []
+        for src, row in locs:
+            if src >= 0:
+                batch = self.batches[src]
+                if type(batch) is list:
+                    out.append(batch[row])
+                    continue
+                columns = self._fit(batch).columns
+            else:
+                if self._base_columns is None:
+                    self._base_columns = self._fit(self.base).columns
+                columns = self._base_columns
+            out.append(tuple([c[row].as_py() for c in columns]))
+        return out
+
     def gather(self, locs: list) -> pa.Table:
         """The rows at ``locs`` (all not None), in that order, batch-wise."""
         if not locs:
@@ -72,6 +95,8 @@ class KeyedHead:
         if len(locs) == 1:  # the common single-row update: no numpy, no permutation
             src, row = locs[0]
             table = self.base if src < 0 else self.batches[src]
+            if type(table) is list:
+                return rows_to_table([table[row]], self.schema)
             return self._fit(table.slice(row, 1))
         sources = np.fromiter((b for b, _ in locs), dtype=np.int64, count=len(locs))
         rows = np.fromiter((r for _, r in locs), dtype=np.int64, count=len(locs))
@@ -79,7 +104,10 @@ class KeyedHead:
         for src in np.unique(sources):
             sel = np.flatnonzero(sources == src)
             table = self.base if src < 0 else self.batches[src]
-            parts.append(self._fit(table.take(pa.array(rows[sel]))))
+            if type(table) is list:
+                parts.append(rows_to_table([table[r] for r in rows[sel].tolist()], self.schema))
+            else:
+                parts.append(self._fit(table.take(pa.array(rows[sel]))))
             order.append(sel)
         gathered = pa.concat_tables(parts)
         if len(parts) == 1:
@@ -104,6 +132,19 @@ class KeyedHead:
         if len(self.overlay) > max(OVERLAY_KEYS_MIN, self.base.num_rows // 4):
             self.compact()
 
+    def apply_rows(self, rows: list[tuple], keys: list, minus_keys: list) -> None:
+        """Like ``apply``, for Python rows (``keys``: the key of each row)."""
+        overlay = self.overlay
+        for k in minus_keys:
+            overlay[k] = None
+        if rows:
+            b = len(self.batches)
+            self.batches.append(rows)
+            for i, k in enumerate(keys):
+                overlay[k] = (b, i)
+        if len(overlay) > max(OVERLAY_KEYS_MIN, self.base.num_rows // 4):
+            self.compact()
+
     def materialize(self) -> pa.Table:
         if not self.overlay:
             return self.base
@@ -116,6 +157,7 @@ class KeyedHead:
     def compact(self) -> None:
         self.base = self.materialize()
         self._index = None
+        self._base_columns = None
         self.batches = []
         self.overlay = {}
 

@@ -55,3 +55,11 @@ CHUNK_CACHE_BYTES_MAX = 512 * MIB
 
 #: Chunk files are written in one batch of at most this many files per fsync round.
 CHUNK_WRITE_BATCH_MAX = 256
+
+#: Writes of at most this many rows, given as dicts of plain Python values, are checked and
+#: committed as Python values (msgpack in the frame) instead of Arrow; see udrflow/_pyrows.py.
+PY_ROWS_MAX = 64
+
+#: ... and only while their strings and binaries sum to at most this many bytes (larger row
+#: data goes the Arrow way, which can move it to chunks).
+PY_ROWS_BYTES_MAX = 64 * 1024

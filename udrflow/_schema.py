@@ -78,6 +78,7 @@ from itertools import repeat
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from udrflow._pyrows import PyRows, python_rows
 from udrflow.errors import CorruptionError, SchemaError, UsageError, require
 
 __all__ = [
@@ -93,6 +94,7 @@ __all__ = [
     "schema_from_bytes",
     "schema_to_bytes",
     "to_arrow",
+    "to_rows",
 ]
 
 #: Most columns one table may have (including columns added later).
@@ -387,7 +389,16 @@ def to_arrow(data, schema: pa.Schema, *, table: str, columns: Sequence[str] | No
                      f"dict (one row), a pandas DataFrame or an Arrow stream: got {type(data).__name__}")
 
 
-def check_keys(table: pa.Table, primary_key: Sequence[str], *, table_name: str, op: str) -> None:
+def to_rows(data, schema: pa.Schema, *, table: str, columns: Sequence[str] | None = None) -> pa.Table | PyRows:
+    """Like :func:`to_arrow`, but a few rows of plain Python values come back as
+    :class:`~udrflow._pyrows.PyRows` (the same values, not yet in Arrow), which the commit
+    path stores without building Arrow at all. Anything else, and every error, is
+    ``to_arrow``'s."""
+    rows = python_rows(data, schema, columns)
+    return rows if rows is not None else to_arrow(data, schema, table=table, columns=columns)
+
+
+def check_keys(table: pa.Table | PyRows, primary_key: Sequence[str], *, table_name: str, op: str) -> None:
     """Raise SchemaError if a key column of ``table`` has a null, or if a key occurs twice.
 
     ``op`` names the write in messages ("insert", "upsert", "delete"). The checks are
@@ -399,6 +410,12 @@ def check_keys(table: pa.Table, primary_key: Sequence[str], *, table_name: str, 
     ...
     udrflow.errors.SchemaError: duplicate primary key (id=5) in rows 1 and 3 of the insert into table 'orders'
     """
+    if isinstance(table, PyRows):
+        idx = [table.schema.get_field_index(name) for name in primary_key]
+        seen = {tuple(r[i] for i in idx) for r in table.rows} if -1 not in idx else ()
+        if len(seen) == table.num_rows and all(None not in key for key in seen):
+            return
+        table = table.to_table()  # the Arrow check below finds and names the rows
     where = f"of the {op} {_PREPOSITIONS.get(op, 'into')} table {table_name!r}"
     names = table.column_names
     for name in primary_key:

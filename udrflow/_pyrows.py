@@ -1,0 +1,217 @@
+"""Small row sets as Python values: the commit path of a few rows without Arrow.
+
+A durable single-row transaction is dominated by fixed costs, and building Arrow arrays,
+casting them and writing an Arrow IPC stream for one row costs several times the Python
+work it replaces. So a write of at most :data:`~udrflow._limits.PY_ROWS_MAX` rows, given
+as dicts of plain Python values, is validated here in Python (:func:`python_rows`) into a
+:class:`PyRows`: the rows as tuples in the schema's column order, holding exactly the
+values that :func:`udrflow._schema.to_arrow` would have produced. The commit then resolves
+them against the writer's head state (a dict) and stores them in the log as msgpack
+(``Changes.columns``/``Changes.values``), and Arrow is built only when something reads
+them (``udrflow._commit`` decodes both forms).
+
+The rule is the one of ``_schema`` (its docstring): this module only accepts what that
+rule accepts *and* converts to the same value, and answers "not here" (None) for anything
+else: values of other kinds, subclasses, numpy scalars, out-of-range integers, strings
+that are not valid UTF-8, missing required columns, unknown columns. The caller then takes
+the Arrow path, which converts the value or raises its SchemaError, so every error message
+comes from one place.
+
+Accepted here: int8-int64 and uint8-uint64 columns take ``int`` in range; float64 takes
+``float``, and ``int`` up to 2**53 in magnitude (the safe cast's exact range); string and
+large_string take ``str``; binary and large_binary take ``bytes``; bool takes ``bool``;
+every nullable column, of any type, takes None or a missing key.
+
+"Encodable" (:func:`encodable`) is the property of a whole schema that lets its rows live
+in commits as msgpack: every column's Python values (as Arrow's ``to_pylist`` gives them)
+turn back into the same Arrow value with ``pa.array(values, type)``. That holds for
+integers, floats, bool, strings and binaries; tables with other columns (dates,
+timestamps, decimals, lists, structs) keep the Arrow form for all their commits.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from udrflow._limits import PY_ROWS_BYTES_MAX, PY_ROWS_MAX
+
+_ABSENT = object()
+
+# Column kinds of the validator.
+_OTHER, _INT, _FLOAT, _STR, _BYTES, _BOOL = range(6)
+_FLOAT_EXACT_INT_MAX = 2 ** 53  # ints beyond this are not exact as float64: Arrow's safe cast refuses them
+
+_INT_RANGES = {
+    pa.int8(): (-2 ** 7, 2 ** 7 - 1), pa.int16(): (-2 ** 15, 2 ** 15 - 1),
+    pa.int32(): (-2 ** 31, 2 ** 31 - 1), pa.int64(): (-2 ** 63, 2 ** 63 - 1),
+    pa.uint8(): (0, 2 ** 8 - 1), pa.uint16(): (0, 2 ** 16 - 1),
+    pa.uint32(): (0, 2 ** 32 - 1), pa.uint64(): (0, 2 ** 64 - 1),
+}
+
+
+def _kind(t: pa.DataType) -> tuple[int, int, int]:
+    if t in _INT_RANGES:
+        lo, hi = _INT_RANGES[t]
+        return _INT, lo, hi
+    if t == pa.float64():
+        return _FLOAT, 0, 0
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _STR, 0, 0
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return _BYTES, 0, 0
+    if pa.types.is_boolean(t):
+        return _BOOL, 0, 0
+    return _OTHER, 0, 0
+
+
+def _encodable_type(t: pa.DataType) -> bool:
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t))
+
+
+class _Plan:
+    __slots__ = ("schema", "columns", "target", "cols", "known")
+
+    def __init__(self, schema: pa.Schema, columns: tuple[str, ...] | None) -> None:
+        self.schema = schema
+        self.columns = columns
+        self.target = schema if columns is None else pa.schema([schema.field(n) for n in columns])
+        self.cols = [(f.name, *_kind(f.type), f.nullable) for f in self.target]
+        self.known = frozenset(schema.names)
+
+
+# Plans and encodability by schema object: the catalog hands out one schema object per
+# table definition, so an identity lookup finds it without hashing the schema.
+_PLANS_MAX = 256
+_plans: dict[tuple[int, tuple[str, ...] | None], _Plan] = {}
+_encodable: dict[int, tuple[pa.Schema, bool]] = {}
+
+
+def _plan(schema: pa.Schema, columns) -> _Plan | None:
+    cols = None if columns is None else tuple(columns)
+    plan = _plans.get((id(schema), cols))
+    if plan is not None and plan.schema is schema:
+        return plan
+    if cols is not None and (len(set(cols)) != len(cols) or any(n not in schema.names for n in cols)):
+        return None  # a usage error: to_arrow says which
+    if len(_plans) >= _PLANS_MAX:
+        _plans.clear()
+    plan = _plans[(id(schema), cols)] = _Plan(schema, cols)
+    return plan
+
+
+def encodable(schema: pa.Schema) -> bool:
+    """Whether rows of ``schema`` may be stored as msgpack values (see the module docstring)."""
+    hit = _encodable.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    if len(_encodable) >= _PLANS_MAX:
+        _encodable.clear()
+    ok = all(_encodable_type(f.type) for f in schema)
+    _encodable[id(schema)] = (schema, ok)
+    return ok
+
+
+class PyRows:
+    """Rows checked by :func:`python_rows`: tuples of Python values in ``schema``'s column
+    order, equal to what ``to_arrow`` gives for the same input. ``to_table()`` builds (once)
+    the Arrow table, for the code paths that need one."""
+
+    __slots__ = ("schema", "rows", "keys", "_table")
+
+    def __init__(self, schema: pa.Schema, rows: list[tuple]) -> None:
+        self.schema = schema
+        self.rows = rows
+        self.keys: tuple[list[str], list] | None = None  # (key columns, the key of each row), once asked
+        self._table: pa.Table | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.rows)
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.schema.names
+
+    def to_table(self) -> pa.Table:
+        if self._table is None:
+            self._table = rows_to_table(self.rows, self.schema)
+        return self._table
+
+    def __repr__(self) -> str:
+        return f"PyRows({len(self.rows)} rows of {self.schema.names})"
+
+
+def rows_to_table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    """Python row tuples (in ``schema``'s column order, values as ``to_pylist`` gives them,
+    of an encodable schema or None) as an Arrow table of ``schema``."""
+    arrays = [pa.array([r[j] for r in rows], type=f.type) for j, f in enumerate(schema)]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def python_rows(data, schema: pa.Schema, columns=None) -> PyRows | None:
+    """``data`` (one dict, or a list or tuple of up to PY_ROWS_MAX dicts) as PyRows of
+    ``schema`` (or of only ``columns``), or None when the Arrow path must decide."""
+    kind = type(data)
+    if kind is dict:
+        rows = (data,)
+    elif kind is list or kind is tuple:
+        rows = data
+        if not 0 < len(rows) <= PY_ROWS_MAX:
+            return None
+    else:
+        return None
+    plan = _plan(schema, columns)
+    if plan is None:
+        return None
+    cols = plan.cols
+    out = []
+    nbytes = 0
+    for r in rows:
+        if type(r) is not dict:
+            return None
+        get = r.get
+        found = 0
+        values = []
+        for name, k, lo, hi, nullable in cols:
+            v = get(name, _ABSENT)
+            if v is _ABSENT:
+                v = None
+            else:
+                found += 1
+            if v is None:
+                if not nullable:
+                    return None
+            elif k == _INT:
+                if type(v) is not int or not lo <= v <= hi:
+                    return None
+            elif k == _FLOAT:
+                if type(v) is not float:
+                    if type(v) is not int or not -_FLOAT_EXACT_INT_MAX <= v <= _FLOAT_EXACT_INT_MAX:
+                        return None
+                    v = float(v)
+            elif k == _STR:
+                if type(v) is not str:
+                    return None
+                if not v.isascii():
+                    try:
+                        v.encode()
+                    except UnicodeEncodeError:  # lone surrogates: not UTF-8
+                        return None
+                nbytes += len(v)
+            elif k == _BYTES:
+                if type(v) is not bytes:
+                    return None
+                nbytes += len(v)
+            elif k == _BOOL:
+                if type(v) is not bool:
+                    return None
+            else:
+                return None  # a value for a column of another type: the Arrow path converts it
+            values.append(v)
+        if found != len(r) and any(key not in plan.known for key in r):
+            return None  # an unknown column: the Arrow path names it
+        out.append(tuple(values))
+    if nbytes > PY_ROWS_BYTES_MAX:
+        return None
+    return PyRows(plan.target, out)
