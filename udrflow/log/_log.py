@@ -381,6 +381,7 @@ class EpochLog:
         if next_version < self.since:
             raise VersionNotFoundError(
                 f"version {next_version} is below since={self.since} of the log of {self.directory}")
+        idle_since = time.monotonic()
         while True:
             if self._closed or (stop is not None and stop.is_set()):
                 return
@@ -390,18 +391,17 @@ class EpochLog:
             if next_version <= visible:
                 yield from self._iter_range(next_version, visible)
                 next_version = visible + 1
+                idle_since = time.monotonic()
                 continue
-            slice_s = idle_timeout_s
+            slice_s = None if idle_timeout_s is None else max(0.0, idle_since + idle_timeout_s - time.monotonic())
             if stop is not None:
                 slice_s = _STOP_WAIT_SLICE_S if slice_s is None else min(slice_s, _STOP_WAIT_SLICE_S)
-            started = time.monotonic()
             try:
                 arrived = self.wait_for(next_version, slice_s)
             except DatabaseClosedError:
                 return  # closing the log ends its followers
-            if not arrived:
-                if idle_timeout_s is not None and time.monotonic() - started >= idle_timeout_s:
-                    return
+            if not arrived and idle_timeout_s is not None and time.monotonic() - idle_since >= idle_timeout_s:
+                return
 
     # ---- readers in other processes ----------------------------------------------
 
@@ -419,6 +419,9 @@ class EpochLog:
                 if first is None:
                     return 0
                 self._segments.append(self._reader_segment(first))
+                # A log that starts later (a branch, or after gc) is at least at the version
+                # before its first segment, as the writer sees it too.
+                self._visible_version = max(self._visible_version, first - 1)
             while True:
                 segment = self._segments[-1]
                 newer_published = head is not None and head.segment_first_version > segment.first_version

@@ -1,0 +1,574 @@
+"""Change streams: the log's row changes from a version on, as weighted Arrow batches.
+
+One reader serves three consumers, so they agree by construction: ``db.subscribe``
+(iterator, async iterator, callback), the ``__changelog`` table of SQL, and the Bytewax
+source of views (udrflow/_bytewax_source.py).
+
+A change batch holds the changes of one commit to one table: the table's columns (as of
+that version) plus ``__op`` (``insert``, ``update`` or ``delete``) and ``__weight`` (+1 or
+-1). An update is two rows, both with ``__op = "update"``: weight -1 with the old values
+and +1 with the new. Within a batch the -1 rows come first, so applying a batch in row
+order to keyed state never sees a key twice.
+
+Positions: ``from_version=V`` delivers every commit in (V, head] and then follows the
+tail. The resume token is the last version fully delivered (``Subscription.position``):
+subscribing again from it yields exactly what came after. A commit that changed several
+tables yields one batch per table, all with the same version; the last of them has
+``last_in_version`` set, and only then does ``position`` reach that version.
+
+Memory is bounded because the iterator is pulled: nothing is read from the log before
+the consumer asks for it, so a slow consumer simply reads the log later (the log is the
+buffer). The callback form calls the callback on the reading thread and the async form
+reads one batch per worker-thread step, so both apply back-pressure the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from udrflow._commit import (
+    OLD_PREFIX,
+    AddColumn,
+    Changes,
+    CreateTable,
+    DropTable,
+    decode_commit,
+    decode_header,
+    expand_changes,
+)
+from udrflow._names import check_name
+from udrflow.errors import CorruptionError, TableNotFoundError, UsageError, VersionNotFoundError
+
+OP_COLUMN = "__op"
+WEIGHT_COLUMN = "__weight"
+OPS = ("insert", "update", "delete")
+KINDS = ("changes", "create_table", "add_column", "drop_table")
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_OP_NAMES = pa.array(["insert", "update", "delete"], pa.string())
+_INSERT, _UPDATE, _DELETE = 0, 1, 2
+_OP_FIELD = pa.field(OP_COLUMN, pa.string(), nullable=False)
+_WEIGHT_FIELD = pa.field(WEIGHT_COLUMN, pa.int8(), nullable=False)
+# The __op/__weight arrays of small commits, by (updates, inserts, deletes): a single-row
+# commit's batch then builds only its row columns (Arrow arrays are immutable, so sharing
+# them is safe). Bounded: cleared when full.
+_OP_ARRAYS_ROWS_MAX = 64
+_OP_ARRAYS_CACHE_MAX = 1024
+_op_arrays: dict[tuple[int, int, int], tuple[pa.Array, pa.Array]] = {}
+_PLANS_CACHE_MAX = 256
+_plans: dict[tuple, tuple] = {}
+# A commit body this small is decoded whole at once: cheaper than decoding its header first
+# to learn whether it touches the subscribed tables, then decoding it again.
+_WHOLE_DECODE_BYTES_MAX = 4096
+
+
+class ChangeBatch:
+    """The changes of one commit to one table.
+
+    - ``version``: the commit's version; ``timestamp_us`` / ``timestamp``: its commit time.
+    - ``table``: the table's name.
+    - ``kind``: ``"changes"`` for row changes; ``"create_table"``, ``"add_column"`` or
+      ``"drop_table"`` for DDL (then ``changes`` has no rows, and its columns are the
+      table's schema after the DDL, or before it for ``drop_table``).
+    - ``changes``: a pyarrow.Table of the row columns plus ``__op`` and ``__weight``.
+    - ``last_in_version``: True on the last batch of its commit (for this subscription).
+    """
+
+    __slots__ = ("version", "timestamp_us", "table", "kind", "changes", "last_in_version")
+
+    def __init__(self, version: int, timestamp_us: int, table: str, kind: str, changes: pa.Table,
+                 last_in_version: bool) -> None:
+        self.version = version
+        self.timestamp_us = timestamp_us
+        self.table = table
+        self.kind = kind
+        self.changes = changes
+        self.last_in_version = last_in_version
+
+    @property
+    def timestamp(self) -> dt.datetime:
+        return _EPOCH + dt.timedelta(microseconds=self.timestamp_us)
+
+    @property
+    def num_rows(self) -> int:
+        return self.changes.num_rows
+
+    def __repr__(self) -> str:
+        return (f"ChangeBatch(version={self.version}, table={self.table!r}, kind={self.kind!r}, "
+                f"rows={self.changes.num_rows}, last_in_version={self.last_in_version})")
+
+
+def _with_op_columns(rows: pa.Table, ops: np.ndarray, weights: np.ndarray) -> pa.Table:
+    rows = rows.append_column(pa.field(OP_COLUMN, pa.string(), nullable=False), _OP_NAMES.take(pa.array(ops)))
+    return rows.append_column(pa.field(WEIGHT_COLUMN, pa.int8(), nullable=False), pa.array(weights, pa.int8()))
+
+
+def empty_changes(schema: pa.Schema) -> pa.Table:
+    return _with_op_columns(schema.empty_table(), np.zeros(0, np.int8), np.zeros(0, np.int8))
+
+
+def change_rows(changes: Changes, schema: pa.Schema, fetch_chunk) -> pa.Table:
+    """One table's changes in one commit as a change batch (see the module docstring)."""
+    if changes.columns:
+        return _change_rows_from_values(changes, schema)
+    plus, minus = expand_changes(changes, schema, fetch_chunk)
+    u = changes.updates
+    ops = np.empty(minus.num_rows + plus.num_rows, np.int8)
+    ops[:u] = _UPDATE
+    ops[u:minus.num_rows] = _DELETE
+    ops[minus.num_rows:minus.num_rows + u] = _UPDATE
+    ops[minus.num_rows + u:] = _INSERT
+    weights = np.ones(len(ops), np.int8)
+    weights[:minus.num_rows] = -1
+    rows = minus if plus.num_rows == 0 else plus if minus.num_rows == 0 else pa.concat_tables([minus, plus])
+    return _with_op_columns(rows, ops, weights)
+
+
+def _op_arrays_for(u: int, i: int, d: int) -> tuple[pa.Array, pa.Array]:
+    key = (u, i, d)
+    found = _op_arrays.get(key)
+    if found is not None:
+        return found
+    ops = pa.array(["update"] * u + ["delete"] * d + ["update"] * u + ["insert"] * i, pa.string())
+    weights = pa.array([-1] * (u + d) + [1] * (u + i), pa.int8())
+    if u + i + d <= _OP_ARRAYS_ROWS_MAX:
+        if len(_op_arrays) >= _OP_ARRAYS_CACHE_MAX:
+            _op_arrays.clear()
+        _op_arrays[key] = (ops, weights)
+    return ops, weights
+
+
+def _values_plan(columns: list[str], schema: pa.Schema) -> tuple | None:
+    """For msgpack-form columns ``columns`` of a table with ``schema``: (the change batch's
+    schema, per schema field the index of its values or None, per field the index of its
+    ``__old_`` values or None, which indexes hold ``__old_`` values). None if a column is not
+    the table's (corrupt). Cached by (schema identity, columns): both repeat on every commit."""
+    key = (id(schema), tuple(columns))
+    found = _plans.get(key)
+    if found is not None and found[0] is schema:
+        return found[1]
+    where = {name: k for k, name in enumerate(columns)}
+    if len(where) != len(columns):
+        return None
+    old_at = []
+    for name in columns:
+        old = name.startswith(OLD_PREFIX)
+        if schema.get_field_index(name[len(OLD_PREFIX):] if old else name) < 0:
+            return None
+        old_at.append(old)
+    names = schema.names
+    plan = (schema.append(_OP_FIELD).append(_WEIGHT_FIELD), [where.get(n) for n in names],
+            [where.get(OLD_PREFIX + n) for n in names], old_at)
+    if len(_plans) >= _PLANS_CACHE_MAX:
+        _plans.clear()
+    _plans[key] = (schema, plan)  # holds the schema, so its id() is not reused while cached
+    return plan
+
+
+def _change_rows_from_values(changes: Changes, schema: pa.Schema) -> pa.Table:
+    """``change_rows`` for a commit in the msgpack form (small commits, see udrflow/_pyrows.py),
+    built straight from its Python values: one ``pa.array`` per column, instead of decoding
+    to Arrow first and then slicing, rebuilding old rows and concatenating (which costs
+    several times more for the one-row commits that dominate tail-following latency).
+
+    Same rows, same order and same checks as the generic path: the values are the new rows
+    of updates, inserts, then deleted rows; ``__old_<c>`` lists hold the old values of the
+    update rows for the columns that changed. Out: old rows of updates, deleted rows (-1),
+    then new rows of updates, inserts (+1)."""
+    u, i, d = changes.updates, changes.inserts, changes.deletes
+    n = u + i + d
+    columns, values = changes.columns, changes.values
+    if len(values) != len(columns):
+        raise CorruptionError(f"changes to table {changes.table!r} name {len(columns)} columns but hold "
+                              f"{len(values)} lists of values")
+    plan = _values_plan(columns, schema)
+    if plan is None:
+        raise CorruptionError(f"changes to table {changes.table!r} hold columns {columns}: expected columns of "
+                              f"the table ({schema.names}), each once")
+    change_schema, at, old_at, is_old = plan
+    for k, old in enumerate(is_old):
+        expected = u if old else n
+        if len(values[k]) != expected:
+            raise CorruptionError(f"changes to table {changes.table!r} hold column {columns[k]!r} with "
+                                  f"{len(values[k])} values: expected {expected}")
+    arrays = []
+    try:
+        for field, k, k_old in zip(schema, at, old_at, strict=True):
+            if k is None:  # a column the commit does not name (conform's rule: nulls)
+                arrays.append(pa.nulls(n + u, field.type))
+                continue
+            vals = values[k]
+            if u:
+                old = vals[:u] if k_old is None else values[k_old]
+                out = old + vals[u + i:] + vals[:u + i] if d else old + vals
+            else:
+                out = vals[i:] + vals[:i] if d and i else vals
+            arrays.append(pa.array(out, type=field.type))
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+        raise CorruptionError(f"changes to table {changes.table!r} hold values that are not of the types of "
+                              f"{schema}: {exc}") from exc
+    ops, weights = _op_arrays_for(u, i, d)
+    arrays.append(ops)
+    arrays.append(weights)
+    return pa.Table.from_arrays(arrays, schema=change_schema)
+
+
+# ---- reading commits as change batches -------------------------------------------------
+
+
+class _Reader:
+    """Turns log records into change batches, with the table definitions they need."""
+
+    def __init__(self, engine, tables: set[str] | None) -> None:
+        self.engine = engine
+        self.tables = tables
+
+    def _catalog_at(self, version: int):
+        engine = self.engine
+        if engine.catalog.version < version:
+            # A read-only handle learns of other processes' commits here; in the writing
+            # process the catalog takes a commit before the commit becomes visible.
+            engine.refresh()
+        return engine.catalog
+
+    def batches(self, record) -> list[ChangeBatch]:
+        version = record.version
+        payload = record.payload
+        wanted = self.tables
+        if wanted is None or len(payload) <= _WHOLE_DECODE_BYTES_MAX:
+            ops = decode_commit(payload, version).ops
+            if wanted is not None and not any(op.table in wanted for op in ops):
+                return []
+        else:
+            header = decode_header(payload, version)
+            if not any(op.table in wanted for op in header.ops):
+                return []
+            ops = decode_commit(payload, version).ops
+        catalog = self._catalog_at(version)
+        out: list[ChangeBatch] = []
+        for op in ops:
+            if wanted is not None and op.table not in wanted:
+                continue
+            if isinstance(op, Changes):
+                tdef = catalog.get(op.table, version)
+                fetch = self.engine.chunks.get_table if op.chunk_tables else self.engine.chunks.get
+                rows = change_rows(op, tdef.schema, fetch)
+                kind = "changes"
+            else:
+                kind = _DDL_KINDS[type(op)]
+                tdef = catalog.get(op.table, version - 1 if kind == "drop_table" else version)
+                rows = empty_changes(tdef.schema)
+            out.append(ChangeBatch(version, record.timestamp_us, op.table, kind, rows, False))
+        if out:
+            out[-1].last_in_version = True
+        return out
+
+
+_DDL_KINDS = {CreateTable: "create_table", AddColumn: "add_column", DropTable: "drop_table"}
+
+
+def _check_start(engine, tables: set[str] | None, after: int) -> None:
+    while engine.parent is not None and after < engine.fork:
+        engine = engine.parent  # a branch's changes up to its fork are its parent's
+    log = engine.log
+    head = log.version
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        raise UsageError(f"from_version must be a version (an int >= 0): got {after!r}")
+    if after > head:
+        raise VersionNotFoundError(f"from_version={after} is not yet in the log: expected at most {head} (the head)")
+    if after < log.since - 1:
+        raise VersionNotFoundError(f"from_version={after} is below since={log.since}: the changes after it were "
+                                   f"removed by gc; the earliest possible from_version is {log.since - 1}")
+    for name in sorted(tables or ()):
+        tdef = engine.catalog.get(name, max(after, 1)) or engine.catalog.get(name, head)
+        if tdef is None:
+            if engine.catalog.change_versions(name, 0, head) or engine.catalog.get(name, 1 << 62) is not None:
+                continue  # dropped, or created after ``after``: its changes are still in range
+            known = ", ".join(engine.catalog.names(head)) or "none"
+            raise TableNotFoundError(f"cannot subscribe to table {name!r}: it does not exist at version {head} "
+                                     f"(tables then: {known})")
+        since = engine.since_of(tdef)
+        if after < since and after >= tdef.created:
+            raise VersionNotFoundError(f"from_version={after} is below since={since} of table {name!r}: its "
+                                       f"history before it was removed by retention")
+
+
+def read_changes(engine, tables: set[str] | None, after: int, upto: int) -> Iterator[ChangeBatch]:
+    """Change batches of the commits in (after, upto], without following the tail."""
+    if upto <= after:
+        return
+    if engine.parent is not None and after < engine.fork:
+        # A branch: what lies at or below its fork is the parent's log.
+        yield from read_changes(engine.parent, tables, after, min(upto, engine.fork))
+        after = engine.fork
+        if upto <= after:
+            return
+    reader = _Reader(engine, tables)
+    for record in engine.log.scan(after + 1, upto):
+        yield from reader.batches(record)
+
+
+class Subscription:
+    """An iterator of :class:`ChangeBatch` (see the module docstring); also an async
+    iterator. ``position`` is the resume token; ``close()`` ends it (also from another
+    thread). Made by ``Database.subscribe``."""
+
+    def __init__(self, engine, tables: list[str] | None, from_version: int | None, *,
+                 idle_timeout_s: float | None = None, until_version: int | None = None) -> None:
+        names = None
+        if tables is not None:
+            if isinstance(tables, str):
+                tables = [tables]
+            names = {check_name(t, "table") for t in tables}
+        if engine.log.readonly:
+            engine.refresh()
+        after = engine.log.version if from_version is None else from_version
+        _check_start(engine, names, after)
+        self._engine = engine
+        self._reader = _Reader(engine, names)
+        self._stop = threading.Event()
+        self._early: Iterator[ChangeBatch] | None = None
+        if engine.parent is not None and after < engine.fork:
+            # On a branch, the commits up to its fork come from its parent's log first.
+            self._early = read_changes(engine.parent, names, after, engine.fork)
+            after = engine.fork
+        self._records = engine.log.follow(after + 1, idle_timeout_s=idle_timeout_s, stop=self._stop)
+        self._pending: list[ChangeBatch] = []
+        self.position = after
+        self.until_version = until_version
+        self.tables = None if names is None else sorted(names)
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> ChangeBatch:
+        if self.until_version is not None and self.position >= self.until_version and not self._pending:
+            raise StopIteration
+        if self._early is not None:
+            batch = next(self._early, None)
+            if batch is not None:
+                if batch.last_in_version:
+                    self.position = batch.version
+                return batch
+            self._early = None
+            self.position = max(self.position, self._engine.fork)
+        while not self._pending:
+            record = next(self._records)  # StopIteration ends the subscription
+            batches = self._reader.batches(record)
+            if not batches:
+                self.position = record.version
+                if self.until_version is not None and self.position >= self.until_version:
+                    raise StopIteration
+                continue
+            batches.reverse()
+            self._pending = batches
+        batch = self._pending.pop()
+        if batch.last_in_version:
+            self.position = batch.version
+        return batch
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> ChangeBatch:
+        # One worker-thread step per batch: waiting for the next commit never blocks the
+        # event loop, and the log stays the only buffer (back-pressure as in the sync form).
+        batch = await asyncio.to_thread(_next_or_none, self)
+        if batch is None:
+            raise StopAsyncIteration
+        return batch
+
+    def close(self) -> None:
+        """End the subscription: iteration stops within a few tens of milliseconds."""
+        self._stop.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Subscription(tables={self.tables}, position={self.position}, closed={self.closed})"
+
+
+def _next_or_none(sub: Subscription) -> ChangeBatch | None:
+    return next(sub, None)
+
+
+class CallbackSubscription:
+    """``Database.subscribe(..., callback=fn)``: calls ``fn(batch)`` for every batch from a
+    background thread until ``close()``. An exception from ``fn`` (or from reading) ends
+    the subscription; ``join()`` and ``close()`` re-raise it. ``position`` is the last
+    version whose batches ``fn`` has all returned from."""
+
+    def __init__(self, subscription: Subscription, callback: Callable[[ChangeBatch], object]) -> None:
+        self._sub = subscription
+        self._callback = callback
+        self.position = subscription.position
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="udrflow-subscription", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for batch in self._sub:
+                self._callback(batch)
+                if batch.last_in_version:
+                    self.position = batch.version
+                elif not self._sub._pending:
+                    self.position = self._sub.position
+        except BaseException as exc:  # handed to join()/close(): the thread has no one else to tell
+            self.error = exc
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the subscription to end; True if it did. Re-raises the callback's error."""
+        self._thread.join(timeout_s)
+        if self.error is not None:
+            raise self.error
+        return not self._thread.is_alive()
+
+    def close(self, timeout_s: float | None = 5.0) -> None:
+        self._sub.close()
+        if threading.current_thread() is not self._thread:
+            self.join(timeout_s)
+
+    @property
+    def closed(self) -> bool:
+        return self._sub.closed
+
+    def __enter__(self) -> CallbackSubscription:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- __changelog: the same batches as one SQL table ------------------------------------
+
+CHANGELOG_SCHEMA = pa.schema([
+    pa.field("version", pa.int64(), nullable=False),
+    pa.field("commit_ts", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("table_name", pa.string(), nullable=False),
+    pa.field("op", pa.string(), nullable=False),
+    pa.field("weight", pa.int8(), nullable=False),
+    pa.field("row", pa.string(), nullable=False),
+])
+
+
+def changelog_table(db, version_max: int, version_min: int = 0, tables: list[str] | None = None,
+                    engine=None) -> pa.Table:
+    """Every row change in (version_min, version_max] as one table (``CHANGELOG_SCHEMA``):
+    what ``subscribe`` delivers, flattened, with each row's columns as a JSON object.
+    ``engine``: another branch's engine (default: the handle's)."""
+    engine = engine or db._engine()
+    if engine.log.readonly:
+        engine.refresh()
+    names = None if tables is None else set(tables)
+    root = engine
+    while root.parent is not None and version_min < root.fork:
+        root = root.parent  # a branch's history below its fork is its parent's
+    after = max(version_min, root.log.since - 1)
+    if version_min < root.log.since - 1:
+        raise VersionNotFoundError(f"the changelog from version {version_min} is not available: the log starts at "
+                                   f"since={engine.log.since}")
+    parts = []
+    for batch in read_changes(engine, names, after, version_max):
+        n = batch.changes.num_rows
+        if n == 0:
+            continue
+        parts.append(pa.table({
+            "version": pa.array(np.full(n, batch.version, np.int64)),
+            "commit_ts": pa.array(np.full(n, batch.timestamp_us, np.int64)).cast(pa.timestamp("us", tz="UTC")),
+            "table_name": pa.array([batch.table]).take(pa.array(np.zeros(n, np.int32))),
+            "op": batch.changes.column(OP_COLUMN),
+            "weight": batch.changes.column(WEIGHT_COLUMN),
+            "row": rows_to_json(batch.changes.drop_columns([OP_COLUMN, WEIGHT_COLUMN])),
+        }, schema=CHANGELOG_SCHEMA))
+    if not parts:
+        return CHANGELOG_SCHEMA.empty_table()
+    return pa.concat_tables(parts).combine_chunks()
+
+
+# ---- rows as JSON objects, a column at a time -------------------------------------------
+
+_JSON_ESCAPES = [("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"),
+                 ("\b", "\\b"), ("\f", "\\f")]
+_OTHER_CONTROL = r"[\x00-\x07\x0b\x0e-\x1f]"
+
+
+def _json_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each value of ``column`` as JSON text (null -> ``null``), vectorized for the common
+    types; other types (nested, binary, rare control characters) go through msgspec."""
+    t = column.type
+    if pa.types.is_integer(t) or pa.types.is_decimal(t):
+        text = pc.cast(column, pa.string())
+    elif pa.types.is_floating(t):
+        finite = pc.is_finite(column)
+        text = pc.if_else(finite, pc.cast(column, pa.string()), pa.scalar(None, pa.string()))
+    elif pa.types.is_boolean(t):
+        text = pc.if_else(column, "true", "false")
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        text = pc.cast(column, pa.string())
+        if pc.any(pc.match_substring_regex(text, _OTHER_CONTROL)).as_py():
+            return _json_values_slow(column)
+        for raw, escaped in _JSON_ESCAPES:
+            text = pc.replace_substring(text, raw, escaped)
+        text = pc.binary_join_element_wise('"', text, '"', "")
+    elif pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
+        text = pc.binary_join_element_wise('"', pc.cast(column, pa.string()), '"', "")
+    else:
+        return _json_values_slow(column)
+    return pc.fill_null(text, "null")
+
+
+def _json_values_slow(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    encode = msgspec.json.Encoder().encode
+    return pa.chunked_array([pa.array([encode(v).decode() for v in _jsonable(column.to_pylist())], pa.string())])
+
+
+def _jsonable(values: list) -> list:
+    out = []
+    for v in values:
+        if isinstance(v, bytes):
+            v = v.hex()
+        elif isinstance(v, float) and v != v:
+            v = None
+        out.append(v)
+    return out
+
+
+def rows_to_json(rows: pa.Table) -> pa.ChunkedArray:
+    """One JSON object per row of ``rows``, keys in column order."""
+    if rows.num_columns == 0:
+        return pa.chunked_array([pa.array(["{}"] * rows.num_rows, pa.string())])
+    pieces: list = []
+    for i, name in enumerate(rows.column_names):
+        key = msgspec.json.encode(name).decode()
+        pieces.append(("{" if i == 0 else ",") + key + ":")
+        pieces.append(_json_values(rows.column(i)))
+    pieces.append("}")
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def batch_json_lines(batch: ChangeBatch) -> pa.ChunkedArray:
+    """One JSON object per row change of ``batch``: ``{"version", "commit_ts", "table", "op",
+    "weight", "row"}`` (the shape of ``udrflow subscribe --format json`` and of ``__changelog``)."""
+    rows = batch.changes
+    head = ('{"version":' + str(batch.version) + ',"commit_ts":"' + batch.timestamp.isoformat()
+            + '","table":' + msgspec.json.encode(batch.table).decode() + ',"op":"')
+    return pc.binary_join_element_wise(
+        head, rows.column(OP_COLUMN), '","weight":', pc.cast(rows.column(WEIGHT_COLUMN), pa.string()),
+        ',"row":', rows_to_json(rows.drop_columns([OP_COLUMN, WEIGHT_COLUMN])), "}", "")
