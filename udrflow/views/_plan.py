@@ -1,0 +1,866 @@
+"""View definitions: a relational builder whose every operator has two implementations.
+
+``db.stream("orders").filter(col("amount") > 0).group_by("customer").agg(total=sum_("amount"))``
+builds a tree of nodes. Each node knows:
+
+- its output ``schema`` (derived at definition time, so a bad column name fails then);
+- ``batch(inputs)``: the definition evaluated in batch by DataFusion on whole tables (the
+  oracle of DESIGN.md: the incremental result must equal it at every version);
+- ``step(state, deltas)``: its incremental rule, mapping the weighted change batches of
+  its inputs to its own change batch, a batch at a time with Arrow kernels and numpy
+  (Python work is per changed *group* or *key*, never per row, except in min/max and
+  count-distinct, which keep a multiset of values per group);
+- ``to_json`` / ``from_json``: the definition as stored in the log.
+
+A change batch here (a "delta") is an Arrow table of the node's columns plus ``__weight``
+(int64; +n inserts n copies of the row, -n deletes them). Deltas are Z-sets: adding two
+deltas is concatenation, and ``consolidate`` sums the weights of equal rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from udrflow.errors import SchemaError, UsageError
+from udrflow.views._expr import Expr, _quote, as_expr
+
+W = "__weight"
+JOIN_SIDE_COMPACT_ROWS_MIN = 65536        # a probed join side is consolidated past 2x live + this
+JOIN_SIDE_UNPROBED_ROWS_MAX = 4_000_000   # ... and an unprobed one past 8x live + this (memory bound)
+AGG_FUNCS = ("count", "sum", "min", "max", "avg", "count_distinct")
+JOIN_KINDS = ("inner", "left")
+
+
+# ---- deltas ------------------------------------------------------------------------------
+
+
+def empty_delta(schema: pa.Schema) -> pa.Table:
+    return schema.append(pa.field(W, pa.int64())).empty_table()
+
+
+def with_weight(table: pa.Table, weight: int | np.ndarray) -> pa.Table:
+    w = np.full(table.num_rows, weight, np.int64) if np.isscalar(weight) else weight
+    return table.append_column(pa.field(W, pa.int64()), pa.array(w, pa.int64()))
+
+
+def _groupable(schema: pa.Schema) -> bool:
+    return all(not (pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type)) for f in schema)
+
+
+_SMALL_ROWS = 256  # below this, Python beats launching an Arrow hash aggregation
+
+
+def consolidate(delta: pa.Table) -> pa.Table:
+    """Sum the weights of equal rows and drop rows whose weight is 0."""
+    if delta.num_rows == 0:
+        return delta
+    if delta.num_rows <= _SMALL_ROWS:
+        return _consolidate_small(delta)
+    data = [n for n in delta.column_names if n != W]
+    if not data or not _groupable(delta.schema.remove(delta.schema.get_field_index(W))):
+        return delta.filter(pc.not_equal(delta.column(W), 0))
+    summed = delta.group_by(data, use_threads=False).aggregate([(W, "sum")])
+    summed = summed.rename_columns(data + [W]).select(delta.column_names)
+    return summed.filter(pc.not_equal(summed.column(W), 0)).cast(delta.schema)
+
+
+def _consolidate_small(delta: pa.Table) -> pa.Table:
+    data = delta.drop_columns([W])
+    rows = list(zip(*(c.to_pylist() for c in data.columns), strict=True)) if data.num_columns else []
+    sums: dict = {}
+    try:
+        for row, w in zip(rows, delta.column(W).to_pylist(), strict=True):
+            sums[row] = sums.get(row, 0) + w
+    except TypeError:  # unhashable values (lists, maps): drop only the zero weights
+        return delta.filter(pc.not_equal(delta.column(W), 0))
+    if len(sums) == len(rows) and all(sums.values()):
+        return delta  # nothing to merge
+    first: dict = {}
+    for i, row in enumerate(rows):
+        first.setdefault(row, i)
+    keep = [first[r] for r, w in sums.items() if w]
+    out = data.take(pa.array(keep, pa.int64()))
+    return out.append_column(pa.field(W, pa.int64()), pa.array([w for w in sums.values() if w], pa.int64()))
+
+
+def expand(delta: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(plus, minus): the rows to insert and to delete, a copy per unit of weight."""
+    w = delta.column(W).to_numpy()
+    data = delta.drop_columns([W])
+    pos, neg = np.flatnonzero(w > 0), np.flatnonzero(w < 0)
+    plus = data.take(np.repeat(pos, w[pos])) if len(pos) else data.schema.empty_table()
+    minus = data.take(np.repeat(neg, -w[neg])) if len(neg) else data.schema.empty_table()
+    return plus, minus
+
+
+def _key_list(table: pa.Table, keys: list[str]) -> list:
+    if len(keys) == 1:
+        return table.column(keys[0]).to_pylist()
+    return list(zip(*(table.column(k).to_pylist() for k in keys), strict=True))
+
+
+def _has_null_key(key, n_keys: int) -> bool:
+    return key is None if n_keys == 1 else any(v is None for v in key)
+
+
+# ---- nodes -------------------------------------------------------------------------------
+
+
+class Stream:
+    """A node of a view definition; every builder method returns a new Stream."""
+
+    kind = "?"
+    schema: pa.Schema
+    children: tuple[Stream, ...] = ()
+
+    # builder
+    def filter(self, predicate: Expr) -> Stream:
+        """Keep the rows where ``predicate`` is true (null counts as false, as in SQL)."""
+        return Filter(self, predicate)
+
+    def select(self, *names: str, **exprs: Expr) -> Stream:
+        """Keep the named columns, and add computed ones: ``select("id", total=col("a") * 2)``."""
+        return Project(self, {**{n: as_expr(n) for n in names}, **exprs}, keep=False)
+
+    def with_columns(self, **exprs: Expr) -> Stream:
+        """All columns plus computed ones (a name already present is replaced)."""
+        return Project(self, exprs, keep=True)
+
+    def map(self, fn, *, name: str | None = None) -> Stream:
+        """Apply ``fn(pyarrow.Table) -> pyarrow.Table`` to each change batch (without the
+        weights). ``fn`` must work row by row: the same row always gives the same output
+        row, and it returns as many rows as it got. It must be a module-level function
+        (stored in the log by its import path)."""
+        return Map(self, fn)
+
+    def group_by(self, *keys: str) -> GroupBy:
+        """Group by ``keys``; finish with ``.agg(name=sum_("col"), n=count(), ...)``."""
+        return GroupBy(self, list(keys), {})
+
+    def join(self, other: Stream, on: str | list[str], how: str = "inner") -> Stream:
+        """Equi-join on the columns ``on`` (same names on both sides); ``how``: ``inner`` or
+        ``left``. The output has the left columns then the right's other columns."""
+        return Join(self, other, [on] if isinstance(on, str) else list(on), how)
+
+    def distinct(self) -> Stream:
+        """Each distinct row once."""
+        return GroupBy(self, list(self.schema.names), {})
+
+    def union(self, other: Stream) -> Stream:
+        """All rows of both (UNION ALL); the schemas must be equal. ``.union(o).distinct()``
+        for UNION."""
+        return Union(self, other)
+
+    def window(self, column: str, every: dt.timedelta, *, name: str = "window_start") -> Stream:
+        """Tumbling windows: add ``name``, the start of the window of length ``every`` that
+        holds the timestamp ``column`` (windows start at the Unix epoch). Group by it next."""
+        return Project(self, {name: Expr("tumble", (as_expr(column), _every_us(every)))}, keep=True)
+
+    # incremental evaluation
+    nid = -1  # stable number of the node in its view (set by number_nodes): keys its state
+
+    def out(self, state: dict, deltas: dict[str, pa.Table]) -> pa.Table:
+        """This node's change batch for one step, computed once per step even when the node
+        is shared by several parents."""
+        memo = state.setdefault("__memo", {})
+        result = memo.get(self.nid)
+        if result is None:
+            result = memo[self.nid] = self.step(state, deltas)
+        return result
+
+    # shared
+    def inputs(self) -> set[str]:
+        out: set[str] = set()
+        for c in self.children:
+            out |= c.inputs()
+        return out
+
+    def primary_key(self) -> list[str]:
+        return []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(self.schema.names)})"
+
+
+def _every_us(every) -> int:
+    if not isinstance(every, dt.timedelta) or every <= dt.timedelta(0):
+        raise UsageError(f"window(every=...) must be a positive datetime.timedelta: got {every!r}")
+    return every // dt.timedelta(microseconds=1)
+
+
+class Source(Stream):
+    kind = "source"
+
+    def __init__(self, table: str, schema: pa.Schema) -> None:
+        self.table = table
+        # Nullable throughout: change batches from joins and backfills mix, and a NOT NULL
+        # flag would only make equal data look like different schemas.
+        self.schema = pa.schema([f.with_nullable(True) for f in schema])
+
+    def inputs(self) -> set[str]:
+        return {self.table}
+
+    def step(self, state, deltas: dict[str, pa.Table]) -> pa.Table:
+        d = deltas.get(self.table)
+        return empty_delta(self.schema) if d is None else d
+
+    def batch(self, ctx) -> pa.Table:
+        return ctx.tables[self.table].select(self.schema.names).cast(self.schema)
+
+    def to_json(self):
+        return {"kind": self.kind, "table": self.table, "schema": _schema_json(self.schema)}
+
+
+class Filter(Stream):
+    kind = "filter"
+
+    def __init__(self, child: Stream, predicate: Expr) -> None:
+        if not isinstance(predicate, Expr):
+            raise UsageError(f"filter() takes an expression such as col('x') > 0: got {predicate!r}")
+        self.children = (child,)
+        self.predicate = predicate
+        kind = predicate.eval(child.schema.empty_table()).type
+        if not pa.types.is_boolean(kind):
+            raise SchemaError(f"filter predicate {predicate.sql()} must be boolean: got {kind}")
+        self.schema = child.schema
+
+    def step(self, state, deltas) -> pa.Table:
+        d = self.children[0].out(state, deltas)
+        if d.num_rows == 0:
+            return d
+        return d.filter(pc.fill_null(self.predicate.eval(d), False))
+
+    def batch(self, ctx) -> pa.Table:
+        return ctx.sql(f"SELECT * FROM {{0}} WHERE {self.predicate.sql()}", [self.children[0].batch(ctx)])
+
+    def to_json(self):
+        return {"kind": self.kind, "child": self.children[0].to_json(), "predicate": self.predicate.to_json()}
+
+
+class Project(Stream):
+    kind = "project"
+
+    def __init__(self, child: Stream, exprs: dict[str, Expr], keep: bool) -> None:
+        self.children = (child,)
+        self.exprs = {n: as_expr(e) for n, e in exprs.items()}
+        self.keep = keep
+        if W in self.exprs:
+            raise SchemaError(f"column name {W!r} is reserved for change weights")
+        self.schema = self._apply(child.schema.empty_table()).schema
+
+    def _apply(self, table: pa.Table) -> pa.Table:
+        cols: dict[str, Any] = {}
+        if self.keep:
+            for n in table.column_names:
+                if n != W:
+                    cols[n] = table.column(n)
+        for n, e in self.exprs.items():
+            cols[n] = e.eval(table)
+        return pa.table(cols) if cols else pa.table({})
+
+    def step(self, state, deltas) -> pa.Table:
+        d = self.children[0].out(state, deltas)
+        out = self._apply(d)
+        if out.num_rows != d.num_rows:  # only constant expressions: broadcast
+            out = pa.table({n: pa.repeat(c[0], d.num_rows) if len(c) else c for n, c in
+                            zip(out.column_names, out.columns, strict=True)})
+        return out.append_column(pa.field(W, pa.int64()), d.column(W)).cast(
+            self.schema.append(pa.field(W, pa.int64())))
+
+    def batch(self, ctx) -> pa.Table:
+        items = []
+        if self.keep:
+            items += [_quote(n) for n in self.children[0].schema.names if n not in self.exprs]
+        items += [f"{e.sql()} AS {_quote(n)}" for n, e in self.exprs.items()]
+        out = ctx.sql(f"SELECT {', '.join(items)} FROM {{0}}", [self.children[0].batch(ctx)])
+        return out.select(self.schema.names).cast(self.schema)  # DataFusion may pick string_view etc.
+
+    def to_json(self):
+        return {"kind": self.kind, "child": self.children[0].to_json(), "keep": self.keep,
+                "exprs": [[n, e.to_json()] for n, e in self.exprs.items()]}
+
+
+class Map(Stream):
+    kind = "map"
+
+    def __init__(self, child: Stream, fn) -> None:
+        self.children = (child,)
+        self.fn = fn
+        self.fn_path = _import_path(fn)
+        out = self._call(child.schema.empty_table())
+        self.schema = out.schema
+
+    def _call(self, table: pa.Table) -> pa.Table:
+        out = self.fn(table)
+        if isinstance(out, pa.RecordBatch):
+            out = pa.Table.from_batches([out])
+        if not isinstance(out, pa.Table):
+            raise SchemaError(f"map function {self.fn_path} must return a pyarrow.Table: got {type(out).__name__}")
+        if out.num_rows != table.num_rows:
+            raise SchemaError(f"map function {self.fn_path} must return one row per input row: got "
+                              f"{out.num_rows} rows for {table.num_rows}")
+        return out
+
+    def step(self, state, deltas) -> pa.Table:
+        d = self.children[0].out(state, deltas)
+        out = self._call(d.drop_columns([W]))
+        return out.cast(self.schema).append_column(pa.field(W, pa.int64()), d.column(W))
+
+    def batch(self, ctx) -> pa.Table:
+        return self._call(self.children[0].batch(ctx)).cast(self.schema)
+
+    def to_json(self):
+        return {"kind": self.kind, "child": self.children[0].to_json(), "fn": self.fn_path}
+
+
+def _import_path(fn) -> str:
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        raise UsageError(f"map() needs a module-level function importable by path (stored in the log with the "
+                         f"view): got {fn!r} (lambdas, closures and functions of __main__ cannot be re-imported)")
+    return f"{module}:{qualname}"
+
+
+def _import_fn(path: str):
+    module, _, qualname = path.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Union(Stream):
+    kind = "union"
+
+    def __init__(self, left: Stream, right: Stream) -> None:
+        if not left.schema.equals(right.schema):
+            raise SchemaError(f"union needs equal schemas: left has {_fmt(left.schema)}, right has "
+                              f"{_fmt(right.schema)}")
+        self.children = (left, right)
+        self.schema = left.schema
+
+    def step(self, state, deltas) -> pa.Table:
+        return pa.concat_tables([c.out(state, deltas) for c in self.children])
+
+    def batch(self, ctx) -> pa.Table:
+        return ctx.sql("SELECT * FROM {0} UNION ALL SELECT * FROM {1}",
+                       [c.batch(ctx) for c in self.children]).select(self.schema.names)
+
+    def to_json(self):
+        return {"kind": self.kind, "children": [c.to_json() for c in self.children]}
+
+
+def _fmt(schema: pa.Schema) -> str:
+    return "(" + ", ".join(f"{f.name} {f.type}" for f in schema) + ")"
+
+
+# ---- aggregation -------------------------------------------------------------------------
+
+
+class Agg:
+    """An aggregate: ``sum_("amount")``, ``count()``, ``avg("x")`` ... (see the functions below)."""
+
+    __slots__ = ("func", "column")
+
+    def __init__(self, func: str, column: str | None) -> None:
+        self.func = func
+        self.column = column
+
+    def sql(self) -> str:
+        if self.func == "count":
+            return "count(*)" if self.column is None else f"count({_quote(self.column)})"
+        if self.func == "count_distinct":
+            return f"count(DISTINCT {_quote(self.column)})"
+        return f"{self.func}({_quote(self.column)})"
+
+
+def count(column: str | None = None) -> Agg:
+    """Rows in the group (``count()``), or non-null values of ``column``."""
+    return Agg("count", column)
+
+
+def sum_(column: str) -> Agg:
+    return Agg("sum", column)
+
+
+def min_(column: str) -> Agg:
+    return Agg("min", column)
+
+
+def max_(column: str) -> Agg:
+    return Agg("max", column)
+
+
+def avg(column: str) -> Agg:
+    return Agg("avg", column)
+
+
+def count_distinct(column: str) -> Agg:
+    return Agg("count_distinct", column)
+
+
+class _GroupState:
+    """The state of one group-by: a slot per group, numpy arrays of running values."""
+
+    def __init__(self, n_aggs: int) -> None:
+        self.index: dict = {}
+        self.keys: list = []                        # slot -> key (scalar or tuple)
+        self.rows = np.zeros(0, np.int64)           # rows in the group (sum of weights)
+        self.sums: list[np.ndarray | None] = [None] * n_aggs     # sum of values (sum, avg)
+        self.nonnull: list[np.ndarray | None] = [None] * n_aggs  # non-null values (count(col), sum, avg)
+        self.bags: list[list | None] = [None] * n_aggs    # min/max/count_distinct: slot -> {value: count}
+        self.extreme: list[list | None] = [None] * n_aggs  # min/max: slot -> current value
+
+    def grow(self, n: int) -> None:
+        def g(a):
+            return None if a is None else np.concatenate([a, np.zeros(n, a.dtype)])
+        self.rows = g(self.rows)
+        self.sums = [g(a) for a in self.sums]
+        self.nonnull = [g(a) for a in self.nonnull]
+        for lst in (self.bags, self.extreme):
+            for b in lst:
+                if b is not None:
+                    b.extend([{} if lst is self.bags else None for _ in range(n)])
+
+
+class GroupBy(Stream):
+    kind = "group_by"
+
+    def __init__(self, child: Stream, keys: list[str], aggs: dict[str, Agg]) -> None:
+        self.children = (child,)
+        for k in keys:
+            if k not in child.schema.names:
+                raise SchemaError(f"group_by key {k!r} is not a column: expected one of {child.schema.names}")
+        if not keys:
+            raise UsageError("group_by needs at least one key column")
+        self.keys = keys
+        self.aggs = aggs
+        fields = [child.schema.field(k) for k in keys]
+        for name, agg in aggs.items():
+            if not isinstance(agg, Agg):
+                raise UsageError(f"aggregate {name!r} must be count(), sum_(), min_(), max_(), avg() or "
+                                 f"count_distinct(): got {agg!r}")
+            if name in keys or name == W:
+                raise SchemaError(f"aggregate name {name!r} clashes with a key column or {W!r}")
+            t = None
+            if agg.column is not None:
+                if agg.column not in child.schema.names:
+                    raise SchemaError(f"aggregate {name}={agg.func}({agg.column!r}): no such column: expected one "
+                                      f"of {child.schema.names}")
+                t = child.schema.field(agg.column).type
+            if agg.func in ("count", "count_distinct"):
+                out = pa.int64()
+            elif agg.func == "avg":
+                _numeric(t, name, agg)
+                out = pa.float64()
+            elif agg.func == "sum":
+                _numeric(t, name, agg)
+                out = pa.float64() if pa.types.is_floating(t) else pa.int64()
+            else:
+                out = t
+            fields.append(pa.field(name, out))
+        self.schema = pa.schema(fields)
+
+    def agg(self, **aggs: Agg) -> GroupBy:
+        return GroupBy(self.children[0], self.keys, {**self.aggs, **aggs})
+
+    def primary_key(self) -> list[str]:
+        # A table's primary-key columns cannot hold null, but SQL groups null keys into a
+        # group of their own: only keys that cannot be null may key the view's table.
+        if any(self.schema.field(k).nullable for k in self.keys):
+            return []
+        return list(self.keys)
+
+    def _state(self, state) -> _GroupState:
+        s = state.get(self.nid)
+        if s is None:
+            s = _GroupState(len(self.aggs))
+            for i, agg in enumerate(self.aggs.values()):
+                if agg.func in ("sum", "avg"):
+                    t = self.children[0].schema.field(agg.column).type
+                    s.sums[i] = np.zeros(0, np.float64 if pa.types.is_floating(t) or agg.func == "avg" else np.int64)
+                if agg.func in ("sum", "avg", "count") and agg.column is not None:
+                    s.nonnull[i] = np.zeros(0, np.int64)
+                if agg.func in ("min", "max", "count_distinct"):
+                    s.bags[i] = []
+                    s.extreme[i] = []
+            state[self.nid] = s
+        return s
+
+    def step(self, state, deltas) -> pa.Table:
+        d = self.children[0].out(state, deltas)
+        s = self._state(state)
+        if d.num_rows == 0:
+            return self._empty()
+        # Every row's group slot (new groups get one), then numpy scatter-adds of the
+        # weighted contributions: no per-row Python, and no hash aggregation to launch.
+        row_slots = np.asarray(self._slots(s, _key_list(d, self.keys)), np.int64)
+        slots = np.unique(row_slots)
+        w = d.column(W).to_numpy()
+        old_rows = s.rows[slots].copy()
+        old_values = self._values(s, slots)
+        np.add.at(s.rows, row_slots, w)
+        for i, agg in enumerate(self.aggs.values()):
+            if s.nonnull[i] is not None:
+                v = d.column(agg.column)
+                present = pc.is_valid(v).to_numpy(zero_copy_only=False)
+                np.add.at(s.nonnull[i], row_slots, np.where(present, w, 0))
+                if s.sums[i] is not None:
+                    vals = pc.fill_null(v, 0).to_numpy(zero_copy_only=False).astype(s.sums[i].dtype)
+                    np.add.at(s.sums[i], row_slots, vals * w)
+            if s.bags[i] is not None:
+                self._update_bags(s, i, agg, d, row_slots)
+        new_rows = s.rows[slots]
+        if (new_rows < 0).any():
+            raise SchemaError(f"group_by state went negative for {int((new_rows < 0).sum())} groups: a change "
+                              f"deleted rows that were never inserted")
+        new_values = self._values(s, slots)
+        was, now = old_rows > 0, new_rows > 0
+        # A group whose aggregates did not change (its changes cancelled out) emits nothing:
+        # then the group-by's output needs no consolidation (no row repeats in it).
+        same = was & now
+        for old, new in zip(old_values, new_values, strict=True):
+            if not same.any():
+                break
+            eq = pc.fill_null(pc.equal(old, new), False).to_numpy(zero_copy_only=False)
+            both_null = pc.and_(pc.is_null(old), pc.is_null(new)).to_numpy(zero_copy_only=False)
+            same &= eq | both_null
+        if same.any():
+            was, now = was & ~same, now & ~same
+        out = []
+        if was.any():
+            out.append(self._rows(s, slots[was], [v.filter(pa.array(was)) for v in old_values], -1))
+        if now.any():
+            out.append(self._rows(s, slots[now], [v.filter(pa.array(now)) for v in new_values], 1))
+        # An emptied group gets only its -1 row (it disappears); its slot stays for the same key.
+        return pa.concat_tables(out) if out else self._empty()
+
+    def _empty(self) -> pa.Table:
+        e = self.__dict__.get("_empty_delta")
+        if e is None:
+            e = self.__dict__["_empty_delta"] = empty_delta(self.schema)
+        return e
+
+    def _slots(self, s: _GroupState, key_list: list) -> list[int]:
+        index = s.index
+        slots = list(map(index.get, key_list))
+        if None in slots:
+            start = len(s.keys)
+            # dict.fromkeys: each key once, in first-seen order (rows repeat keys); the
+            # Python-level loop then runs over distinct keys only.
+            new = [k for k in dict.fromkeys(key_list) if k not in index]
+            index.update(zip(new, range(start, start + len(new)), strict=True))
+            s.keys.extend(new)
+            s.grow(len(new))
+            slots = list(map(index.__getitem__, key_list))
+        return slots
+
+    def _values(self, s: _GroupState, slots) -> list[pa.Array]:
+        out = []
+        for i, agg in enumerate(self.aggs.values()):
+            t = self.schema.field(len(self.keys) + i).type
+            if agg.func == "count":
+                n = s.rows[slots] if agg.column is None else s.nonnull[i][slots]
+                out.append(pa.array(n, pa.int64()))
+            elif agg.func in ("sum", "avg"):
+                n = s.nonnull[i][slots]
+                total = s.sums[i][slots]
+                vals = total / np.where(n == 0, 1, n) if agg.func == "avg" else total
+                out.append(pa.array(vals, t, mask=(n == 0)))
+            elif agg.func == "count_distinct":
+                bags = s.bags[i]
+                out.append(pa.array([len(bags[j]) for j in slots.tolist()], pa.int64()))
+            else:
+                ext = s.extreme[i]
+                out.append(pa.array([ext[j] for j in slots.tolist()], t))
+        return out
+
+    def _update_bags(self, s: _GroupState, i: int, agg: Agg, d: pa.Table, row_slots: np.ndarray) -> None:
+        """min/max/count_distinct: per group, a multiset of values (nulls ignored, as in SQL).
+        Python work per changed row here: the one place a multiset per group is needed."""
+        v = d.column(agg.column)
+        keep = pc.is_valid(v).to_numpy(zero_copy_only=False)
+        if not keep.any():
+            return
+        bags, extreme = s.bags[i], s.extreme[i]
+        changed = set()
+        w = d.column(W).to_numpy()
+        for slot, value, dw in zip(row_slots[keep].tolist(), v.filter(pa.array(keep)).to_pylist(),
+                                   w[keep].tolist(), strict=True):
+            bag = bags[slot]
+            n = bag.get(value, 0) + dw
+            if n:
+                bag[value] = n
+            else:
+                del bag[value]
+            changed.add(slot)
+        if agg.func in ("min", "max"):
+            pick = min if agg.func == "min" else max
+            for slot in changed:
+                bag = bags[slot]
+                extreme[slot] = pick(bag) if bag else None
+
+    def _rows(self, s: _GroupState, slots: np.ndarray, values: list[pa.Array], weight: int) -> pa.Table:
+        cols = []
+        keys = [s.keys[j] for j in slots.tolist()]
+        for i, k in enumerate(self.keys):
+            t = self.schema.field(k).type
+            cols.append(pa.array(keys if len(self.keys) == 1 else [key[i] for key in keys], t))
+        cols += values
+        return with_weight(pa.Table.from_arrays(cols, schema=self.schema), weight)
+
+    def batch(self, ctx) -> pa.Table:
+        keys = ", ".join(_quote(k) for k in self.keys)
+        items = [keys] + [f"{a.sql()} AS {_quote(n)}" for n, a in self.aggs.items()]
+        out = ctx.sql(f"SELECT {', '.join(items)} FROM {{0}} GROUP BY {keys}", [self.children[0].batch(ctx)])
+        return out.select(self.schema.names).cast(self.schema)
+
+    def to_json(self):
+        return {"kind": self.kind, "child": self.children[0].to_json(), "keys": self.keys,
+                "aggs": [[n, a.func, a.column] for n, a in self.aggs.items()]}
+
+
+def _numeric(t, name, agg) -> None:
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        raise SchemaError(f"aggregate {name}={agg.func}({agg.column!r}) needs a numeric column: got {t}")
+
+
+# ---- joins ---------------------------------------------------------------------------------
+
+
+class _Side:
+    """One input of a join: every change it has seen, as weighted Arrow chunks (a Z-set),
+    and live row counts per key. It is consolidated lazily: when a probe needs it and it has
+    grown to twice its live size, or when it grows past a memory bound. A side that is
+    never probed (the other side never changes, like a fact table joined to a static
+    dimension) then costs appends only."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.chunks: list[pa.Table] = []
+        self.rows = 0
+        self.compacted_rows = 0
+        self.schema = schema
+        self.key_rows: dict = {}
+
+    def table(self) -> pa.Table:
+        """Every row with its weight, for a probe (consolidated first if it has grown)."""
+        if not self.chunks:
+            return empty_delta(self.schema)
+        if self.rows > 2 * self.compacted_rows + JOIN_SIDE_COMPACT_ROWS_MIN:
+            self._compact()
+        elif len(self.chunks) > 1:
+            self.chunks = [pa.concat_tables(self.chunks)]
+        return self.chunks[0]
+
+    def _compact(self) -> None:
+        live = consolidate(pa.concat_tables(self.chunks))
+        self.chunks, self.rows, self.compacted_rows = [live], live.num_rows, live.num_rows
+
+    def add(self, delta: pa.Table) -> None:
+        if delta.num_rows == 0:
+            return
+        self.chunks.append(delta)
+        self.rows += delta.num_rows
+        if self.rows > 8 * self.compacted_rows + JOIN_SIDE_UNPROBED_ROWS_MAX:
+            self._compact()
+
+
+class Join(Stream):
+    kind = "join"
+
+    def __init__(self, left: Stream, right: Stream, on: list[str], how: str) -> None:
+        if how not in JOIN_KINDS:
+            raise UsageError(f"join how={how!r}: expected one of {JOIN_KINDS}")
+        for side, s in (("left", left), ("right", right)):
+            for k in on:
+                if k not in s.schema.names:
+                    raise SchemaError(f"join key {k!r} is not a column of the {side} side: expected one of "
+                                      f"{s.schema.names}")
+        clash = [n for n in right.schema.names if n not in on and n in left.schema.names]
+        if clash:
+            raise SchemaError(f"join: columns {clash} are on both sides: rename one side with select() first")
+        if not on:
+            raise UsageError("join needs at least one key column (on=...)")
+        self.children = (left, right)
+        self.on = on
+        self.how = how
+        self.right_rest = [n for n in right.schema.names if n not in on]
+        fields = list(left.schema) + [right.schema.field(n).with_nullable(True) for n in self.right_rest]
+        self.schema = pa.schema(fields)
+
+    def _state(self, state):
+        s = state.get(self.nid)
+        if s is None:
+            s = (_Side(self.children[0].schema), _Side(self.children[1].schema))
+            state[self.nid] = s
+        return s
+
+    def _join(self, a: pa.Table, b: pa.Table) -> pa.Table:
+        """Inner join of two weighted tables (weights multiply)."""
+        if a.num_rows == 0 or b.num_rows == 0:
+            return empty_delta(self.schema)
+        a = a.rename_columns([n if n != W else "__wl" for n in a.column_names])
+        b = b.rename_columns([n if n != W else "__wr" for n in b.column_names])
+        j = a.join(b, keys=self.on, join_type="inner", use_threads=False, coalesce_keys=True)
+        w = pc.multiply(j.column("__wl"), j.column("__wr"))
+        return j.select(self.schema.names).cast(self.schema).append_column(pa.field(W, pa.int64()), w)
+
+    def step(self, state, deltas) -> pa.Table:
+        dl = self.children[0].out(state, deltas)
+        dr = self.children[1].out(state, deltas)
+        left, right = self._state(state)
+        l_old = left.table() if dr.num_rows else None
+        right.add(dr)
+        out = []
+        if dl.num_rows:
+            out.append(self._join(dl, right.table()))
+        if dr.num_rows:
+            out.append(self._join(l_old, dr))
+        if self.how == "left":
+            out.append(self._antijoin_delta(left, right, dl, dr, l_old))
+        left.add(dl)
+        out = [o for o in out if o.num_rows]
+        # Not consolidated here: weights are linear downstream, and the view's output is
+        # consolidated once at the end of the step.
+        return pa.concat_tables(out) if out else empty_delta(self.schema)
+
+    def _antijoin_delta(self, left: _Side, right: _Side, dl, dr, l_old) -> pa.Table:
+        """Left rows without a match, padded with nulls: see the case analysis in docs/views.md."""
+        counts = right.key_rows
+        n_keys = len(self.on)
+        flipped_on, flipped_off = [], []
+        if dr.num_rows:
+            g = dr.group_by(self.on, use_threads=False).aggregate([(W, "sum")])
+            for key, dw in zip(_key_list(g, self.on), g.column(f"{W}_sum").to_pylist(), strict=True):
+                if _has_null_key(key, n_keys) or dw == 0:
+                    continue
+                before = counts.get(key, 0)
+                after = before + dw
+                if after:
+                    counts[key] = after
+                else:
+                    counts.pop(key, None)
+                if before == 0 and after > 0:
+                    flipped_on.append(key)
+                elif before > 0 and after == 0:
+                    flipped_off.append(key)
+        parts = []
+        if dl.num_rows:
+            unmatched = pa.array([counts.get(k, 0) == 0 for k in _key_list(dl, self.on)], pa.bool_())
+            parts.append(dl.filter(unmatched))
+        for keys, sign in ((flipped_on, -1), (flipped_off, 1)):
+            if keys and l_old is not None and l_old.num_rows:
+                kt = pa.table({k: pa.array([key if n_keys == 1 else key[i] for key in keys],
+                                           self.children[0].schema.field(k).type) for i, k in enumerate(self.on)})
+                rows = l_old.join(kt, keys=self.on, join_type="left semi", use_threads=False)
+                parts.append(rows.set_column(rows.column_names.index(W), W,
+                                             pc.multiply(rows.column(W), pa.scalar(sign, pa.int64()))))
+        parts = [p for p in parts if p.num_rows]
+        if not parts:
+            return empty_delta(self.schema)
+        rows = pa.concat_tables(parts)
+        pad = [pa.nulls(rows.num_rows, self.children[1].schema.field(n).type) for n in self.right_rest]
+        data = rows.drop_columns([W])
+        out = pa.Table.from_arrays(list(data.columns) + pad, schema=self.schema)
+        return out.append_column(pa.field(W, pa.int64()), rows.column(W))
+
+    def batch(self, ctx) -> pa.Table:
+        lcols = ", ".join(f"l.{_quote(n)}" for n in self.children[0].schema.names)
+        rcols = "".join(f", r.{_quote(n)}" for n in self.right_rest)
+        cond = " AND ".join(f"l.{_quote(k)} = r.{_quote(k)}" for k in self.on)
+        how = "JOIN" if self.how == "inner" else "LEFT JOIN"
+        out = ctx.sql(f"SELECT {lcols}{rcols} FROM {{0}} AS l {how} {{1}} AS r ON {cond}",
+                      [c.batch(ctx) for c in self.children])
+        return out.rename_columns(self.schema.names).cast(self.schema)
+
+    def to_json(self):
+        return {"kind": self.kind, "children": [c.to_json() for c in self.children], "on": self.on, "how": self.how}
+
+
+# ---- (de)serialisation and batch evaluation ------------------------------------------------
+
+
+def _schema_json(schema: pa.Schema) -> str:
+    return schema.serialize().to_pybytes().hex()
+
+
+def from_json(data) -> Stream:
+    kind = data["kind"]
+    if kind == "source":
+        return Source(data["table"], pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(data["schema"]))))
+    if kind == "filter":
+        return Filter(from_json(data["child"]), Expr.from_json(data["predicate"]))
+    if kind == "project":
+        return Project(from_json(data["child"]), {n: Expr.from_json(e) for n, e in data["exprs"]}, data["keep"])
+    if kind == "map":
+        return Map(from_json(data["child"]), _import_fn(data["fn"]))
+    if kind == "union":
+        return Union(*(from_json(c) for c in data["children"]))
+    if kind == "group_by":
+        return GroupBy(from_json(data["child"]), data["keys"], {n: Agg(f, c) for n, f, c in data["aggs"]})
+    if kind == "join":
+        return Join(*(from_json(c) for c in data["children"]), data["on"], data["how"])
+    raise UsageError(f"unknown view node kind {kind!r} in a stored definition")
+
+
+class BatchContext:
+    """Runs each node's SQL on DataFusion over its children's results (the oracle)."""
+
+    def __init__(self, tables: dict[str, pa.Table]) -> None:
+        import datafusion
+
+        self.tables = tables
+        self._ctx = datafusion.SessionContext()
+        self._n = 0
+
+    def sql(self, template: str, inputs: list[pa.Table]) -> pa.Table:
+        names = []
+        for t in inputs:
+            self._n += 1
+            name = f"__in{self._n}"
+            batches = t.to_batches() or [pa.RecordBatch.from_arrays(
+                [pa.array([], f.type) for f in t.schema], schema=t.schema)]
+            self._ctx.register_record_batches(name, [batches])
+            names.append(name)
+        return self._ctx.sql(template.format(*names)).to_arrow_table()
+
+
+def batch_evaluate(stream: Stream, tables: dict[str, pa.Table]) -> pa.Table:
+    """The definition evaluated in batch by DataFusion on whole input tables."""
+    return stream.batch(BatchContext(tables))
+
+
+def number_nodes(stream: Stream) -> list[Stream]:
+    """Give every distinct node a stable number (preorder), so state keyed by it survives a
+    restart (Bytewax recovery pickles the state, not the nodes)."""
+    seen: dict[int, Stream] = {}
+    order: list[Stream] = []
+
+    def visit(node: Stream) -> None:
+        if id(node) in seen:
+            return
+        seen[id(node)] = node
+        node.nid = len(order)
+        order.append(node)
+        for c in node.children:
+            visit(c)
+
+    visit(stream)
+    return order
+
+
+def step_view(stream: Stream, state: dict, deltas: dict[str, pa.Table]) -> pa.Table:
+    """One incremental step of a whole view: its consolidated output change batch."""
+    state["__memo"] = {}
+    try:
+        out = stream.out(state, deltas)
+        # A group-by's output is already minimal (one -1 and/or one +1 row per changed group).
+        return out if isinstance(stream, GroupBy) else consolidate(out)
+    finally:
+        state["__memo"] = {}

@@ -1,0 +1,594 @@
+"""Views: definitions stored in the log, maintained by a Bytewax dataflow, results in the log.
+
+A view named ``v`` is an ordinary table ``v`` (keyed by its group-by keys when its last
+operator is a group-by or distinct; a multiset otherwise) plus a row in the registry
+table ``__udrflow_views`` holding its definition (JSON), the version that created it and
+``input_version``: the input version its table reflects. Every commit of view results
+writes the changed rows and that registry row together, and records the same
+``input_version`` in the commit's metadata: the table at any version reflects its inputs
+at exactly one version, and a restart knows where it stands.
+
+The dataflow (one per view) is::
+
+    ViewSource (log -> one item per step: input version + each input's change batch)
+      -> stateful_map (the whole operator tree; a step is batch-at-a-time Arrow work)
+      -> ViewSink (one commit per step, skipping steps at or below the recorded input_version)
+
+With Bytewax recovery (a recovery store under ``<db>/views/<name>/``), a restart resumes
+the operator state and the source position from the last snapshot and replays only the
+log after it; the sink drops what was already committed, so every input version is
+reflected exactly once. Without a snapshot (first run, or a lost recovery store), the
+source backfills: it reads the inputs at the starting version as one +1 change batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pickle
+import shutil
+import threading
+from pathlib import Path
+
+import bytewax.operators as op
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from bytewax.dataflow import Dataflow
+from bytewax.errors import BytewaxRuntimeError
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import run_main
+
+from udrflow._changefeed import WEIGHT_COLUMN, read_changes
+from udrflow._clock import utc_now
+from udrflow._database import _view_writer
+from udrflow._names import check_name
+from udrflow.errors import TableExistsError, TableNotFoundError, UsageError
+from udrflow.views._plan import (
+    Source,
+    Stream,
+    W,
+    batch_evaluate,
+    empty_delta,
+    expand,
+    from_json,
+    number_nodes,
+    step_view,
+)
+
+REGISTRY = "__udrflow_views"
+REGISTRY_SCHEMA = pa.schema([
+    pa.field("name", pa.string(), nullable=False),
+    pa.field("definition", pa.string()),
+    pa.field("input_version", pa.int64()),
+])
+VIEW_VERSIONS_PER_STEP_MAX = 4096   # input versions folded into one step (bounds a step's memory)
+VIEW_IDLE_WAKE_MS = 1               # how soon an idle view source looks at the log again (read-only)
+VIEW_IDLE_WAIT_S = 0.005            # how long an idle view source waits for a commit in one call
+VIEW_EPOCH_INTERVAL_S = 5.0         # Bytewax snapshot interval in the long-running mode
+PROGRESS_VERSIONS_MIN = 1000        # record progress without result changes at most this often
+
+
+def registry_rows(db, version: int | None = None) -> dict[str, dict]:
+    if REGISTRY not in db.tables(version=version):
+        return {}
+    return {r["name"]: r for r in db.read(REGISTRY, version=version).to_pylist()}
+
+
+class View:
+    """A view of database ``db``: ``refresh()`` catches up, ``run()`` keeps it current in a
+    background thread, ``read(version)`` reads its table."""
+
+    def __init__(self, db, name: str, definition: Stream, created: int) -> None:
+        self._db = db
+        self.name = name
+        self.definition = definition
+        self.created = created
+        self._nodes = number_nodes(definition)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+        self._row: dict | None = None
+        self._progress = None
+        self.reached = self.position  # input version reached in this process
+
+    # ---- positions ---------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """The input version the view's table reflects (as last committed)."""
+        row = registry_rows(self._db).get(self.name)
+        if row is None:
+            raise TableNotFoundError(f"view {self.name!r} does not exist (it was dropped)")
+        return int(row["input_version"])
+
+    @property
+    def lag(self) -> int:
+        """Commits that changed the view's inputs and are not yet reflected."""
+        return _input_commits(self._db, self.definition.inputs(), self.position, self._db.version)
+
+    def input_version_at(self, version: int) -> int:
+        """The input version that the view's table at log ``version`` reflects."""
+        row = registry_rows(self._db, version).get(self.name)
+        if row is None:
+            raise TableNotFoundError(f"view {self.name!r} does not exist at version {version}")
+        return int(row["input_version"])
+
+    def read(self, version: int | None = None) -> pa.Table:
+        return self._db.read(self.name, version=version)
+
+    def batch(self, input_version: int) -> pa.Table:
+        """The definition evaluated in batch (DataFusion) on the inputs at ``input_version``:
+        what the view's table holds once it reflects that version."""
+        tables = {t: self._db.read(t, version=input_version) for t in self.definition.inputs()}
+        return batch_evaluate(self.definition, tables)
+
+    # ---- maintenance -----------------------------------------------------------------------
+
+    def refresh(self, progress=None) -> int:
+        """Catch up with the log as of now; return the input version reached.
+        ``progress(reached, target)``, if given, is called after each step (the CLI's
+        progress display uses it)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                raise UsageError(f"view {self.name!r} is running in the background: refresh() is not needed")
+            target = self._db.version
+            # A stop() since the last run leaves the flag set: the source would end at once,
+            # and the target below would be recorded as reflected without being read.
+            self._stop.clear()
+            self._progress = None if progress is None else (lambda reached: progress(reached, target))
+            try:
+                self._run_dataflow(until=target, epoch_interval_s=None)
+                self._record_progress(target)
+            finally:
+                self._progress = None
+            return self.reached
+
+    def run(self) -> None:
+        """Keep the view current in a background thread until ``stop()``."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self.error = None
+            self._thread = threading.Thread(target=self._run_forever, name=f"udrflow-view-{self.name}", daemon=True)
+            self._thread.start()
+
+    def _run_forever(self) -> None:
+        try:
+            self._run_dataflow(until=None, epoch_interval_s=VIEW_EPOCH_INTERVAL_S)
+        except BaseException as exc:  # surfaced by stop()/wait(); the thread has no caller
+            self.error = exc
+
+    def stop(self, timeout_s: float | None = 30.0) -> None:
+        """Stop the background maintenance (if running); re-raise its error if it failed."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+            self._thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def wait_for(self, input_version: int, timeout_s: float = 30.0) -> bool:
+        """Wait until the running view reflects ``input_version``; True if it does."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while self.reached < input_version:
+            if self.error is not None:
+                raise self.error
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0005)
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _recovery_dir(self) -> Path:
+        # Per branch: a view maintained on a branch keeps its own state from the fork on.
+        return Path(self._db.path) / "views" / str(self._db.branch) / self.name / "recovery"
+
+    def _run_dataflow(self, until: int | None, epoch_interval_s: float | None) -> None:
+        self._row = None  # the registry row, read once per run (only this view writes it)
+        rec = self._recovery_dir()
+        if not (rec / "part-0.sqlite3").exists():
+            rec.mkdir(parents=True, exist_ok=True)
+            init_db_dir(rec, 1)
+        flow = Dataflow(f"udrflow_view_{self.name}")
+        items = op.input("log", flow, _ViewSource(self, until))
+        keyed = op.key_on("one", items, lambda _item: "view")
+        results = op.stateful_map("ivm", keyed, self._step)
+        op.output("commit", results, _ViewSink(self))
+        try:
+            run_main(flow, epoch_interval=dt.timedelta(seconds=epoch_interval_s) if epoch_interval_s else None,
+                     recovery_config=RecoveryConfig(rec))
+        except BytewaxRuntimeError as exc:
+            # Bytewax wraps what our source, step or sink raised (TableNotFoundError, a map
+            # function's own error, ...) in one or more BytewaxRuntimeErrors: raise the original.
+            cause = exc
+            while isinstance(cause, BytewaxRuntimeError) and cause.__cause__ is not None:
+                cause = cause.__cause__
+            if cause is exc:
+                raise
+            cause.add_note(f"raised in the dataflow of view {self.name!r}: {exc}")
+            raise cause.with_traceback(cause.__traceback__) from None
+
+    def _step(self, state, item):
+        version, deltas = item
+        state = ViewState() if state is None else state
+        return state, (version, step_view(self.definition, state, deltas))
+
+    # ---- writing results -----------------------------------------------------------------
+
+    def _commit(self, version: int, delta: pa.Table, force: bool = False) -> None:
+        db = self._db
+        if self._row is None:
+            self._row = dict(registry_rows(db)[self.name])
+        recorded = int(self._row["input_version"])
+        if version <= recorded:
+            self.reached = max(self.reached, version)
+            return  # already reflected (a replay after a restart)
+        if delta.num_rows == 0 and not force and version - recorded < PROGRESS_VERSIONS_MIN:
+            self.reached = version
+            return
+        row = dict(self._row, input_version=version)
+        _view_writer.active = True
+        try:
+            with db.transaction() as tx:
+                if delta.num_rows:
+                    _apply(tx, self.name, self.definition.primary_key(), delta)
+                tx.upsert(REGISTRY, [row])
+                tx.meta = {"view": self.name, "input_version": version}
+        finally:
+            _view_writer.active = False
+        self._row = row
+        self.reached = version
+        if self._progress is not None:
+            self._progress(version)
+
+    def _record_progress(self, version: int) -> None:
+        position = self.position
+        if version <= position:
+            return
+        if not _inputs_changed(self._db, self.definition.inputs(), position, version):
+            # Nothing the view reads changed: it already reflects ``version`` too, and a
+            # progress commit would only make every other view lag behind a new head.
+            self.reached = max(self.reached, version)
+            return
+        self._commit(version, empty_delta(self.definition.schema), force=True)
+
+    def __repr__(self) -> str:
+        return f"View({self.name!r}, position={self.position}, running={self.running})"
+
+
+def _input_commits(db, inputs: set[str], after: int, upto: int) -> int:
+    """How many commits in (after, upto] changed any of ``inputs`` (from the catalog)."""
+    if upto <= after:
+        return 0
+    engine = db._engine()
+    versions: set[int] = set()
+    while engine is not None:
+        lo = max(after, engine.fork) if engine.parent is not None else after
+        for name in inputs:
+            versions.update(engine.catalog.change_versions(name, lo, upto))
+        if engine.parent is None or after >= engine.fork:
+            break
+        upto, engine = min(upto, engine.fork), engine.parent
+    return len(versions)
+
+
+def _inputs_changed(db, inputs: set[str], after: int, upto: int) -> bool:
+    return _input_commits(db, inputs, after, upto) > 0
+
+
+class ViewState(dict):
+    """The operator states of one view (node number -> state). Bytewax snapshots state
+    with ``copy.deepcopy`` and then pickles the copy; a deep copy of many small Python
+    objects is ~10x slower than pickling them, so the copy *is* the pickle."""
+
+    def __deepcopy__(self, memo) -> _FrozenViewState:
+        return _FrozenViewState(pickle.dumps(dict(self), protocol=5))
+
+
+class _FrozenViewState:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self):
+        return (_thaw, (self.data,))
+
+
+def _thaw(data: bytes) -> ViewState:
+    return ViewState(pickle.loads(data))
+
+
+def _keys_of(table: pa.Table, pk: list[str]) -> list:
+    cols = [table.column(k).to_pylist() for k in pk]
+    return cols[0] if len(pk) == 1 else list(zip(*cols, strict=True))
+
+
+def _apply(tx, table: str, pk: list[str], delta: pa.Table) -> None:
+    plus, minus = expand(delta)
+    if pk:
+        gone = minus.select(pk)
+        if plus.num_rows and gone.num_rows:
+            # Keys updated in place are upserted, not deleted: only keys absent from plus go.
+            if gone.num_rows + plus.num_rows <= 512:
+                kept = set(_keys_of(plus, pk))
+                gone = gone.filter(pa.array([k not in kept for k in _keys_of(gone, pk)], pa.bool_()))
+            else:
+                gone = gone.join(plus.select(pk), keys=pk, join_type="left anti", use_threads=False)
+        if gone.num_rows:
+            tx.delete(table, keys=gone)
+        if plus.num_rows:
+            tx.upsert(table, plus)
+    else:
+        if minus.num_rows:
+            tx.delete_rows(table, minus, verify=False)
+        if plus.num_rows:
+            tx.insert(table, plus)
+
+
+# ---- the dataflow's source and sink ------------------------------------------------------
+
+
+class _ViewSource(FixedPartitionedSource):
+    def __init__(self, view: View, until: int | None) -> None:
+        self._view = view
+        self._until = until
+
+    def list_parts(self) -> list[str]:
+        return ["log"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state):
+        return _ViewPartition(self._view, self._until, resume_state)
+
+
+class _ViewPartition(StatefulSourcePartition):
+    def __init__(self, view: View, until: int | None, resume_state: int | None) -> None:
+        self._view = view
+        self._db = view._db
+        self._engine = view._db._engine()
+        self._until = until
+        self._sources = {n.table: n for n in view._nodes if isinstance(n, Source)}
+        self._idle = False
+        if resume_state is None:
+            # No snapshot: rebuild the state from the inputs at a version the view's table
+            # already reflects (or, for a new view, at the head), as one +1 change batch.
+            self._position = None
+        else:
+            self._position = int(resume_state)
+        # A snapshot older than the recorded position (the last run committed steps after its
+        # last snapshot, then died): replay up to that position as steps of their own, which
+        # the sink drops, so that no step folds committed and new versions together.
+        self._replay_to = view.position
+
+    def _backfill(self):
+        recorded = self._view.position
+        at = recorded if recorded > 0 else self._db.version
+        if self._until is not None:
+            at = min(at, max(self._until, recorded))
+        deltas = {}
+        for table, node in self._sources.items():
+            rows = self._db.read(table, version=at).select(node.schema.names).cast(node.schema)
+            deltas[table] = rows.append_column(pa.field(W, pa.int64()), pa.array(np.ones(rows.num_rows, np.int64)))
+        self._position = at
+        return [(at, deltas)]
+
+    def next_batch(self):
+        if self._view._stop.is_set():
+            raise StopIteration
+        if self._position is None:
+            return self._backfill()
+        if self._until is not None and self._position >= self._until:
+            raise StopIteration
+        engine = self._engine
+        upto = self._upto()
+        if upto <= self._position and not engine.log.readonly:
+            # In the writing process a commit wakes this at once (a condition variable), so
+            # a view sees a commit without a polling delay; the short bound keeps the worker
+            # responsive to stop(). (Returning no items would cost Bytewax's 1 ms back-off.)
+            if engine.log.wait_for(self._position + 1, VIEW_IDLE_WAIT_S):
+                upto = self._upto()
+        if upto <= self._position:
+            self._idle = engine.log.readonly
+            return []
+        self._idle = False
+        parts: dict[str, list[pa.Table]] = {}
+        for batch in read_changes(engine, set(self._sources), self._position, upto):
+            if batch.kind == "drop_table":
+                raise TableNotFoundError(f"view {self._view.name!r} reads table {batch.table!r}, which version "
+                                         f"{batch.version} dropped: drop the view or recreate it")
+            if batch.kind != "changes" or batch.num_rows == 0:
+                continue
+            node = self._sources[batch.table]
+            rows = batch.changes.select(node.schema.names).cast(node.schema)
+            w = pc.cast(batch.changes.column(WEIGHT_COLUMN), pa.int64())
+            parts.setdefault(batch.table, []).append(rows.append_column(pa.field(W, pa.int64()), w))
+        self._position = upto
+        return [(upto, {t: pa.concat_tables(p) for t, p in parts.items()})]
+
+    def _upto(self) -> int:
+        engine = self._engine
+        head = engine.refresh() if engine.log.readonly else engine.log.version
+        if self._until is not None:
+            head = min(head, self._until)
+        upto = min(head, self._position + VIEW_VERSIONS_PER_STEP_MAX)
+        if self._position < self._replay_to < upto:
+            upto = self._replay_to
+        return upto
+
+    def next_awake(self):
+        if not self._idle:
+            return None
+        return utc_now() + dt.timedelta(milliseconds=VIEW_IDLE_WAKE_MS)
+
+    def snapshot(self):
+        return self._position
+
+
+class _ViewSink(DynamicSink):
+    def __init__(self, view: View) -> None:
+        self._view = view
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ViewSinkPartition:
+        return _ViewSinkPartition(self._view)
+
+
+class _ViewSinkPartition(StatelessSinkPartition):
+    def __init__(self, view: View) -> None:
+        self._view = view
+
+    def write_batch(self, items) -> None:
+        # Several steps arrived together: one commit reflecting the last of them.
+        steps = [step for _key, step in items]
+        version = max(v for v, _d in steps)
+        # Steps at or below the recorded position were committed before a restart: drop them
+        # before folding the rest into one commit (else their changes would apply twice).
+        view = self._view
+        if view._row is None:
+            view._row = dict(registry_rows(view._db)[view.name])
+        steps = [(v, d) for v, d in steps if v > int(view._row["input_version"])]
+        deltas = [d for _v, d in steps if d.num_rows]
+        if len(deltas) > 1:
+            from udrflow.views._plan import consolidate
+
+            delta = consolidate(pa.concat_tables(deltas))
+        else:
+            delta = deltas[0] if deltas else empty_delta(self._view.definition.schema)
+        self._view._commit(version, delta)
+
+
+# ---- the registry: create, list, drop ----------------------------------------------------
+
+
+class Views:
+    """``db.views``: the views of a database. ``db.views["name"]``, ``list()``, ``refresh()``
+    (all, inputs before the views that read them), ``run()`` / ``stop()`` (all)."""
+
+    def __init__(self, db) -> None:
+        self._db = db
+        self._open: dict[str, View] = {}
+
+    def _load(self, name: str, row: dict) -> View:
+        created = self._db._engine().table_def(name, self._db.version).created
+        view = self._open.get(name)
+        if view is None or view.created != created:
+            view = View(self._db, name, from_json(json.loads(row["definition"])), created)
+            self._open[name] = view
+        return view
+
+    def __getitem__(self, name: str) -> View:
+        row = registry_rows(self._db).get(name)
+        if row is None:
+            known = ", ".join(sorted(registry_rows(self._db))) or "none"
+            raise TableNotFoundError(f"view {name!r} does not exist (views: {known})")
+        return self._load(name, row)
+
+    def __contains__(self, name: str) -> bool:
+        return name in registry_rows(self._db)
+
+    def names(self) -> list[str]:
+        return sorted(registry_rows(self._db))
+
+    def list(self) -> list[dict]:
+        """One dict per view: name, inputs, position (input version reflected), lag, running."""
+        head = self._db.version
+        out = []
+        for name, row in sorted(registry_rows(self._db).items()):
+            view = self._load(name, row)
+            out.append({"name": name, "inputs": sorted(view.definition.inputs()), "created": view.created,
+                        "position": int(row["input_version"]),
+                        "lag": _input_commits(self._db, view.definition.inputs(), int(row["input_version"]), head),
+                        "running": view.running})
+        return out
+
+    def ordered(self) -> list[View]:
+        """Every view, each after the views it reads."""
+        rows = registry_rows(self._db)
+        views = {n: self._load(n, r) for n, r in rows.items()}
+        done: list[View] = []
+        seen: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in seen:
+                return
+            seen.add(name)
+            for dep in views[name].definition.inputs():
+                if dep in views:
+                    visit(dep)
+            done.append(views[name])
+
+        for n in sorted(views):
+            visit(n)
+        return done
+
+    def refresh(self) -> dict[str, int]:
+        return {v.name: v.refresh() for v in self.ordered()}
+
+    def run(self) -> None:
+        for v in self.ordered():
+            v.run()
+
+    def stop(self) -> None:
+        for v in self._open.values():
+            v.stop()
+
+    def create(self, name: str, definition: Stream, *, refresh: bool = True) -> View:
+        db = self._db
+        check_name(name, "view")
+        if not isinstance(definition, Stream):
+            raise UsageError(f"create_view needs a definition built from db.stream(...): got {definition!r}")
+        if name.startswith("__udrflow"):
+            raise UsageError(f"view name {name!r} is reserved")
+        if name in definition.inputs():
+            raise UsageError(f"view {name!r} cannot read itself")
+        if name in db.tables():
+            raise TableExistsError(f"cannot create view {name!r}: a table with that name exists")
+        for t in definition.inputs():
+            db.schema(t)  # raises TableNotFoundError naming the missing input
+        text = json.dumps(definition.to_json())
+        from_json(json.loads(text))  # a definition that does not round-trip must fail now, not at restart
+        shutil.rmtree(Path(db.path) / "views" / str(db.branch) / name, ignore_errors=True)  # a leftover of a dropped namesake
+        if REGISTRY not in db.tables():
+            try:
+                db.create_table(REGISTRY, REGISTRY_SCHEMA, primary_key=["name"])
+            except TableExistsError:
+                pass  # another thread created it first
+        _view_writer.active = True
+        try:
+            with db.transaction() as tx:
+                tx.create_table(name, definition.schema, primary_key=definition.primary_key() or None)
+                tx.upsert(REGISTRY, [{"name": name, "definition": text, "input_version": 0}])
+                tx.meta = {"view": name, "create_view": True}
+        finally:
+            _view_writer.active = False
+        view = self._load(name, {"definition": text})
+        if refresh:
+            view.refresh()
+        return view
+
+    def drop(self, name: str) -> int:
+        view = self[name]
+        view.stop()
+        db = self._db
+        _view_writer.active = True
+        try:
+            with db.transaction() as tx:
+                tx.drop_table(name)
+                tx.delete(REGISTRY, keys=[{"name": name}])
+                tx.meta = {"view": name, "drop_view": True}
+        finally:
+            _view_writer.active = False
+        self._open.pop(name, None)
+        shutil.rmtree(Path(db.path) / "views" / str(db.branch) / name, ignore_errors=True)
+        return tx.version
