@@ -12,6 +12,8 @@ EXPECTED = {
     "DatabaseClosedError", "DatabaseLockedError", "DatabaseNotFoundError", "InvalidNameError",
     "InvalidOptionError", "InvalidPayloadError", "LogPoisonedError", "ReadOnlyError", "StorageError",
     "StorageFullError", "StoragePermissionError", "VersionNotFoundError",
+    "BranchNotFoundError", "SqlError", "SqlSyntaxError", "SqlReadOnlyError", "ConnectorError",
+    "MergeConflictError", "merge_field",
 }
 
 

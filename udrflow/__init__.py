@@ -7,10 +7,13 @@ a user needs is re-exported here; the rest is private (``_``-prefixed modules).
 """
 
 from udrflow import errors as errors
+from udrflow._branches import merge_field as merge_field
 from udrflow._database import Database as Database
 from udrflow._database import open as open
 from udrflow._transaction import Transaction as Transaction
 from udrflow._transaction import retry as retry
+from udrflow.errors import BranchNotFoundError as BranchNotFoundError
+from udrflow.errors import ConnectorError as ConnectorError
 from udrflow.errors import CorruptionError as CorruptionError
 from udrflow.errors import DatabaseClosedError as DatabaseClosedError
 from udrflow.errors import DatabaseLockedError as DatabaseLockedError
@@ -19,8 +22,12 @@ from udrflow.errors import InvalidNameError as InvalidNameError
 from udrflow.errors import InvalidOptionError as InvalidOptionError
 from udrflow.errors import InvalidPayloadError as InvalidPayloadError
 from udrflow.errors import LogPoisonedError as LogPoisonedError
+from udrflow.errors import MergeConflictError as MergeConflictError
 from udrflow.errors import ReadOnlyError as ReadOnlyError
 from udrflow.errors import SchemaError as SchemaError
+from udrflow.errors import SqlError as SqlError
+from udrflow.errors import SqlReadOnlyError as SqlReadOnlyError
+from udrflow.errors import SqlSyntaxError as SqlSyntaxError
 from udrflow.errors import StorageError as StorageError
 from udrflow.errors import StorageFullError as StorageFullError
 from udrflow.errors import StoragePermissionError as StoragePermissionError
@@ -39,6 +46,8 @@ __all__ = [
     "Database",
     "Transaction",
     "retry",
+    "merge_field",
+    "MergeConflictError",
     "Durability",
     "LogRecord",
     "errors",
@@ -60,4 +69,9 @@ __all__ = [
     "TableNotFoundError",
     "TransactionConflictError",
     "VersionNotFoundError",
+    "BranchNotFoundError",
+    "SqlError",
+    "SqlSyntaxError",
+    "SqlReadOnlyError",
+    "ConnectorError",
 ]

@@ -21,3 +21,11 @@ class SystemClock:
 
     def now_us(self) -> int:
         return time.time_ns() // 1000
+
+
+def utc_now():
+    """The wall clock as an aware datetime: Bytewax schedules a source's next poll by a
+    wall-clock instant (``next_awake``), so its sources need this one reading of it."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)

@@ -20,6 +20,8 @@ import threading
 
 import pyarrow as pa
 
+from udrflow import _branches
+from udrflow._changefeed import CallbackSubscription, Subscription
 from udrflow._checkpoint import CheckpointStore
 from udrflow._chunks import ChunkStore
 from udrflow._clock import Clock
@@ -27,7 +29,7 @@ from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
 from udrflow._limits import FSYNC_INTERVAL_MS_DEFAULT, SEGMENT_SIZE_BYTES_DEFAULT
 from udrflow._lock import WriterLock
 from udrflow._names import check_name
-from udrflow._schema import check_keys, check_table_schema, to_arrow
+from udrflow._schema import check_keys, check_table_schema, to_rows
 from udrflow._tables import Op, TableEngine
 from udrflow._transaction import Transaction
 from udrflow.errors import (
@@ -42,6 +44,9 @@ from udrflow.errors import (
 from udrflow.log import Durability, EpochLog
 
 MARKER_NAME = "UDRFLOW"
+_VIEW_REGISTRY = "__udrflow_views"
+# Set while a view's own maintenance writes its table (the only writer allowed there).
+_view_writer = threading.local()
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 FORMAT = b"udrflow database format 1\n"
 DEFAULT_BRANCH = "main"
@@ -64,6 +69,7 @@ class _Store:
     def log(self, branch: str) -> EpochLog:
         log = self.logs.get(branch)
         if log is None:
+            _branches.read_meta(self.path, branch)  # BranchNotFoundError for an unknown branch
             o = self.options
             log = EpochLog.open(os.path.join(self.path, "log", branch), readonly=self.readonly,
                                 durability=o["durability"], fsync_interval_ms=o["fsync_interval_ms"],
@@ -76,11 +82,22 @@ class _Store:
         # log-level users (udrflow verify, crash tests on raw frames) do not need.
         engine = self.engines.get(branch)
         if engine is None:
+            meta = _branches.read_meta(self.path, branch)
+            parent = None if meta is None else self.engine(meta.parent)
             checkpoints = CheckpointStore(os.path.join(self.path, "checkpoints", branch), self.io, self.chunks)
             engine = TableEngine(self.log(branch), self.chunks, checkpoints, root=self.path, branch=branch,
-                                 io=self.io)
+                                 io=self.io, parent=parent, fork=0 if meta is None else meta.fork)
             self.engines[branch] = engine
         return engine
+
+    def close_branch(self, branch: str) -> None:
+        """Close a branch's engine and log (before it is deleted)."""
+        engine = self.engines.pop(branch, None)
+        if engine is not None:
+            engine.close()
+        log = self.logs.pop(branch, None)
+        if log is not None:
+            log.close()
 
     def close(self) -> None:
         try:
@@ -166,6 +183,22 @@ def _prepare_directory(path: str, readonly: bool, create: bool, io: FileIO) -> N
         raise storage_error_from_os(exc, "create the database", path) from exc
 
 
+class _BranchName(str):
+    """A branch's name (a str) that opens a handle on another branch when called."""
+
+    __slots__ = ("_db",)
+
+    def __new__(cls, name: str, db: Database) -> _BranchName:
+        obj = super().__new__(cls, name)
+        obj._db = db
+        return obj
+
+    def __call__(self, name: str) -> Database:
+        import udrflow
+
+        return udrflow.open(self._db.path, branch=name, readonly=self._db.readonly)
+
+
 class Database:
     """An open database, on one branch. Thread-safe; close it (or use ``with``) when done."""
 
@@ -181,7 +214,9 @@ class Database:
 
     @property
     def branch(self) -> str:
-        return self._branch
+        """The name of this handle's branch. Also callable: ``db.branch("dev")`` opens another
+        handle on the same database, on branch ``dev`` (close it when done)."""
+        return _BranchName(self._branch, self)
 
     @property
     def readonly(self) -> bool:
@@ -242,7 +277,7 @@ class Database:
 
     def tables(self, version: int | None = None) -> list[str]:
         engine = self._engine()
-        return engine.catalog.names(engine.resolve_version(self._version_arg(version)))
+        return engine.names(engine.resolve_version(self._version_arg(version)))
 
     def schema(self, table: str, version: int | None = None) -> pa.Schema:
         engine = self._engine()
@@ -294,6 +329,107 @@ class Database:
             return v
         return version
 
+    def sql(self, query: str, version: int | dt.datetime | None = None, branch: str | None = None,
+            params: list | tuple | dict | None = None) -> pa.Table:
+        """Run one read-only SQL query (DataFusion) and return its result.
+
+        >>> import tempfile, pyarrow as pa, udrflow
+        >>> db = udrflow.open(tempfile.mkdtemp() + "/t.udr")
+        >>> _ = db.create_table("orders", pa.schema([("id", pa.int64()), ("amount", pa.float64())]), primary_key="id")
+        >>> v = db.insert("orders", [{"id": 1, "amount": 9.5}])
+        >>> _ = db.insert("orders", [{"id": 2, "amount": 3.0}])
+        >>> db.sql("SELECT count(*) AS n, sum(amount) AS total FROM orders").to_pylist()
+        [{'n': 2, 'total': 12.5}]
+        >>> db.sql("SELECT id FROM orders AS OF VERSION $1", params=[v]).to_pylist()
+        [{'id': 1}]
+        >>> db.close()
+
+        - ``query``: one query (SELECT, VALUES, WITH ... SELECT, EXPLAIN). Statements that
+          write (INSERT, UPDATE, DELETE, DDL, COPY, SET, ...) raise SqlReadOnlyError.
+          Extensions: ``t AS OF VERSION n``, ``t AS OF TIMESTAMP '2026-01-31 12:00'``
+          (naive times are UTC), ``t@branch`` and the ``__changelog`` table (see docs/sql.md).
+        - ``version``: the version of every table reference without its own AS OF: an int,
+          a datetime (the last commit at or before it), or None for the head (read once, so
+          all tables of the query see the same commit).
+        - ``branch``: the branch of every table reference without its own ``@branch``
+          (default: this handle's); an unknown branch raises BranchNotFoundError.
+        - ``params``: values for ``$1, $2, ...`` (a list or tuple) or ``$name`` (a dict),
+          bound after parsing (never pasted into the SQL text); also allowed in
+          ``AS OF VERSION $1`` / ``AS OF TIMESTAMP $t``.
+
+        Errors: SqlSyntaxError, SqlError (DataFusion's message and the position),
+        TableNotFoundError, VersionNotFoundError, BranchNotFoundError.
+        """
+        from udrflow import _sql
+
+        return _sql.run(self, query, version, branch, params)
+
+    def sql_df(self, query: str, version: int | dt.datetime | None = None, branch: str | None = None,
+               params: list | tuple | dict | None = None):
+        """Like :meth:`sql`, but return the lazy ``datafusion.DataFrame`` (nothing runs until
+        it is collected, e.g. ``.to_arrow_table()``, ``.to_pandas()``, ``.show()``), to keep
+        composing it with DataFusion's DataFrame API. The snapshots it reads are fixed when
+        ``sql_df`` returns: later commits do not change it. Planning errors raise as in
+        :meth:`sql`; errors while it runs are DataFusion's own exceptions."""
+        from udrflow import _sql
+
+        return _sql.dataframe(self, query, version, branch, params)
+
+    def subscribe(self, tables: list[str] | str | None = None, from_version: int | None = None, *,
+                  callback=None, idle_timeout_s: float | None = None, until_version: int | None = None):
+        """Change batches of ``tables`` (default: every table) for each commit after
+        ``from_version`` (default: the head, so only new commits), in version order and
+        exactly once per version; then follows the tail until closed, until no commit
+        arrives for ``idle_timeout_s``, or once ``until_version`` is delivered. Returns a ``Subscription`` (an iterator and an async
+        iterator; ``position`` is the resume token), or with ``callback=fn`` a running
+        ``CallbackSubscription`` that calls ``fn(batch)`` from a background thread.
+
+        >>> import tempfile, pyarrow as pa, udrflow
+        >>> db = udrflow.open(tempfile.mkdtemp() + "/t.udr")
+        >>> v = db.create_table("t", pa.schema([("id", pa.int64()), ("x", pa.string())]), primary_key="id")
+        >>> _ = db.insert("t", [{"id": 1, "x": "a"}]); _ = db.upsert("t", [{"id": 1, "x": "b"}])
+        >>> with db.subscribe(["t"], from_version=v) as sub:
+        ...     for batch in sub:
+        ...         print(batch.version, batch.changes.to_pylist())
+        ...         if sub.position == db.version:
+        ...             break
+        2 [{'id': 1, 'x': 'a', '__op': 'insert', '__weight': 1}]
+        3 [{'id': 1, 'x': 'a', '__op': 'update', '__weight': -1}, {'id': 1, 'x': 'b', '__op': 'update', '__weight': 1}]
+        >>> db.close()
+        """
+        sub = Subscription(self._engine(), tables, from_version, idle_timeout_s=idle_timeout_s,
+                           until_version=until_version)
+        return sub if callback is None else CallbackSubscription(sub, callback)
+
+    # ---- views -------------------------------------------------------------------------
+
+    def stream(self, table: str):
+        """The change stream of ``table`` as the start of a view definition (see
+        udrflow.views): ``db.stream("orders").filter(col("amount") > 0)``."""
+        from udrflow.views._plan import Source
+
+        return Source(table, self.schema(table))
+
+    @property
+    def views(self):
+        """The views of this database (``udrflow.views.Views``): ``db.views["name"]``,
+        ``list()``, ``refresh()``, ``run()``, ``stop()``."""
+        views = self.__dict__.get("_views")
+        if views is None:
+            from udrflow.views._view import Views
+
+            views = self.__dict__["_views"] = Views(self)
+        return views
+
+    def create_view(self, name: str, definition, *, refresh: bool = True):
+        """Create view ``name`` (a table maintained from ``definition``) and, unless
+        ``refresh=False``, fill it from the data that exists (backfill). Returns the View."""
+        return self.views.create(name, definition, refresh=refresh)
+
+    def drop_view(self, name: str) -> int:
+        """Stop and drop view ``name`` (its history stays readable at earlier versions)."""
+        return self.views.drop(name)
+
     def transaction(self, isolation: str = "snapshot") -> Transaction:
         """Begin a transaction (see udrflow._transaction for the isolation levels)."""
         return Transaction(self, self._writable_engine(), isolation)
@@ -310,7 +446,41 @@ class Database:
     def set_since(self, version: int, tables: list[str] | None = None) -> dict[str, int]:
         """Retention: give up the history of ``tables`` (default: all) before ``version``.
         Reads below it raise VersionNotFoundError; ``gc()`` then reclaims the space."""
+        floor = _branches.fork_floor(self.path, self.branch)
+        if floor is not None and isinstance(version, int) and version > floor:
+            raise UsageError(f"since of branch {self.branch!r} cannot pass version {floor}: a branch forked there "
+                             f"still reads it (delete or merge that branch first)")
         return self._writable_engine().set_since(version, tables)
+
+    # ---- branches ----------------------------------------------------------------------
+
+    def create_branch(self, name: str, from_branch: str | None = None, at_version: int | None = None) -> int:
+        """Create branch ``name`` forked from ``from_branch`` (default: this handle's branch)
+        at ``at_version`` (default: its head). Copies no data; returns the fork version.
+        Open it with ``udrflow.open(path, branch=name)`` or ``db.branch(name)``."""
+        return _branches.create(self, name, from_branch, at_version)
+
+    def branches(self) -> list[dict]:
+        """Every branch: name, parent, fork version, head version."""
+        return _branches.describe(self)
+
+    def delete_branch(self, name: str) -> None:
+        """Delete branch ``name`` (not main, not one with branches forked from it)."""
+        _branches.delete(self, name)
+
+    def diff(self, a, b, table: str | None = None):
+        """Row-level changes from state ``a`` to state ``b`` (each a branch name, a version
+        of this branch, or ``"branch@version"``): with ``table``, a pyarrow.Table of change
+        rows (columns + ``__op`` + ``__weight``); else a dict per table that differs."""
+        return _branches.diff(self, a, b, table)
+
+    def merge(self, source: str, into: str | None = None) -> dict:
+        """Merge branch ``source`` into ``into`` (default: this handle's branch) in one
+        commit: fast-forward or three-way at row level; MergeConflictError lists conflicts
+        and applies nothing. See udrflow._branches.merge."""
+        if self.readonly:
+            raise ReadOnlyError(f"database {self.path} is open read-only: merging writes")
+        return _branches.merge(self, source, into)
 
     def gc(self) -> dict[str, int]:
         """Remove what no retained version can reach: old checkpoints, log segments below
@@ -331,6 +501,12 @@ class Database:
 
     def _row_op(self, kind: str, table: str, rows, *, version: int | None = None, ops=None) -> Op:
         engine = self._engine()
+        names = engine.catalog.names(engine.log.version)
+        if _VIEW_REGISTRY in names and not getattr(_view_writer, "active", False):
+            if table in self._view_names(engine, names) or table == _VIEW_REGISTRY:
+                raise ReadOnlyError(f"table {table!r} is maintained by a view: it changes only through its "
+                                    f"definition (drop the view to write it)" if table != _VIEW_REGISTRY else
+                                    f"table {table!r} is the view registry: use create_view/drop_view")
         schema, pk = None, []
         for op in reversed(ops or []):  # a table created or altered earlier in the same transaction
             if op.table == table and op.kind in ("create_table", "add_column", "drop_table"):
@@ -347,18 +523,38 @@ class Database:
             if not pk:
                 raise UsageError(f"delete by keys needs a primary key, and table {table!r} has none: "
                                  f"use delete(where=...)")
-            data = to_arrow(rows, schema, table=table, columns=pk)
+            data = to_rows(rows, schema, table=table, columns=pk)
             check_keys(data, pk, table_name=table, op="delete")
             return Op("delete_keys", table, data)
-        data = to_arrow(rows, schema, table=table)
+        data = to_rows(rows, schema, table=table)
         if pk:
             check_keys(data, pk, table_name=table, op=kind)
         return Op(kind, table, data)
 
+    @staticmethod
+    def _view_names(engine: TableEngine, names: list[str]) -> frozenset[str]:
+        """The views' names, read from the registry only when the set of tables (by name and
+        creating version) changed: creating or dropping a view always changes it."""
+        head = engine.log.version
+        key = tuple((n, engine.catalog.get(n, head).created) for n in names)
+        cached = getattr(engine, "_view_names_cache", None)
+        if cached is None or cached[0] != key:
+            table = engine.read(_VIEW_REGISTRY, engine.log.version)
+            cached = (key, frozenset(table.column("name").to_pylist()))
+            engine._view_names_cache = cached
+        return cached[1]
+
     def close(self) -> None:
-        """Release this handle; the last handle in the process closes the files. Idempotent."""
+        """Release this handle; the last handle in the process closes the files. Idempotent.
+        Views running in the background on this handle are stopped first."""
         if self._log is None:
             return
+        views = self.__dict__.get("_views")
+        if views is not None:
+            try:
+                views.stop()
+            except Exception:  # noqa: BLE001 - a view's own failure must not keep the handle open
+                pass
         self._log = None
         with _stores_lock:
             self._store.refs -= 1

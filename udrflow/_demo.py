@@ -2,7 +2,9 @@
 
 Today: tables with keys, inserts/upserts/deletes, a cross-table transaction and a
 conflict, concurrent transactions sharing fsyncs, time travel by version and by time,
-reopen (recovery), checkpoints with deduplicated chunks, retention + gc, a reader
+SQL at any version (AS OF, __changelog),
+reopen (recovery), change streams (subscribe), an incremental view kept current by Bytewax,
+branches (fork, diff, merge), checkpoints with deduplicated chunks, retention + gc, a reader
 following the log, and a checksum pass over everything.
 """
 
@@ -108,7 +110,23 @@ def run(path: str | None = None) -> None:
         print(f"   bob's order as of {when.time().isoformat(timespec='milliseconds')} UTC (before the latest upsert): "
               f"{[r['amount'] for r in db.read('orders', version=when).to_pylist() if r['id'] == start_id + 1]}")
 
-        _step("6. a bulk load, then a 5% contiguous update: checkpoints share unchanged chunks")
+        _step("6. SQL on DataFusion at any version: the orders now joined with the orders as of an older version")
+        changed = db.sql("SELECT n.id, o.amount AS before, n.amount AS after FROM orders n "
+                         "JOIN orders AS OF VERSION $v o ON o.id = n.id "
+                         "WHERE o.amount IS DISTINCT FROM n.amount ORDER BY n.id", params={"v": v_orders})
+        print(f"   orders whose amount changed since version {v_orders}: {changed.to_pylist()}")
+        by_city = db.sql("SELECT c.city, count(*) AS n, sum(o.amount) AS total FROM orders AS OF VERSION $1 o "
+                         "JOIN customers c ON c.name = o.customer GROUP BY c.city ORDER BY c.city", params=[v_orders])
+        print(f"   revenue by city as of version {v_orders}: {by_city.to_pylist()}")
+        changes = db.sql("SELECT op, count(*) AS n FROM __changelog WHERE table_name = 'orders' GROUP BY op "
+                         "ORDER BY op")
+        print(f"   row changes of orders in the log (__changelog): {changes.to_pylist()}")
+        try:
+            db.sql("DELETE FROM orders")
+        except udrflow.SqlReadOnlyError as exc:
+            print(f"   a write through SQL is refused: {exc}")
+
+        _step("7. a bulk load, then a 5% contiguous update: checkpoints share unchanged chunks")
         events = f"events_v{db.version + 1}"
         db.create_table(events, pa.schema([("id", pa.int64()), ("value", pa.float64())]), primary_key=["id"])
         n = 400_000
@@ -123,13 +141,13 @@ def run(path: str | None = None) -> None:
 
         head = db.version
         db.close()
-        _step("7. reopen: recovery rebuilds the version index and the catalog from the log")
+        _step("8. reopen: recovery rebuilds the version index and the catalog from the log")
         db = udrflow.open(path)
         print(f"   reopened at version {db.version} (was {head}); torn tails cut: {db.log.recovery.truncated or 'none'}")
         print(f"   {events} has {db.read(events).num_rows:,} rows; orders at version {v_orders} still has "
               f"{db.read('orders', version=v_orders).num_rows} rows")
 
-        _step("8. a reader follows the log from another thread (woken by each commit, no polling)")
+        _step("9. a reader follows the log from another thread (woken by each commit, no polling)")
         seen: list[int] = []
         ready = threading.Event()
 
@@ -148,17 +166,62 @@ def run(path: str | None = None) -> None:
         follower.join()
         print(f"   the follower saw versions {seen}")
 
-        _step("9. retention: give up history before the head, then collect garbage")
+        _step("10. change streams: every row change after a version, exactly once, then the live tail")
+        with db.subscribe(["orders"], from_version=v_orders) as sub:
+            for batch in sub:
+                ops = ", ".join(f"{r['__op']}{'+' if r['__weight'] > 0 else '-'} #{r['id']} {r['amount']}"
+                                for r in batch.changes.to_pylist())
+                print(f"   v{batch.version} {batch.table}: {ops}")
+                if sub.position >= db.version:
+                    break
+            print(f"   resume token: {sub.position} (subscribe(from_version={sub.position}) continues after it)")
+
+        _step("11. incremental views: defined in Python, maintained by Bytewax, stored back in the log")
+        from udrflow.views import col, count, sum_
+
+        revenue = f"revenue_v{db.version + 1}"  # fresh names, so the demo can run again on the same --db
+        view = db.create_view(revenue, db.stream("orders").filter(col("amount") > 0)
+                              .join(db.stream("customers").select(customer=col("name"), city=col("city")),
+                                    on="customer")
+                              .group_by("city").agg(total=sum_("amount"), orders=count()))
+        print(f"   {revenue} backfilled from the existing orders (reflects input version {view.position}):")
+        _show(db.read(revenue), "city")
+        view.run()  # keep it current in a background thread
+        v_new = db.insert("orders", [{"id": start_id + 30, "customer": "bob", "amount": 100.0}])
+        view.wait_for(v_new)
+        print(f"   one order committed at v{v_new}; the view's table now (read like any table, "
+              f"at log version {db.version}):")
+        _show(db.read(revenue), "city")
+        print(f"   SQL on the view: {db.sql(f'SELECT city, total FROM {revenue} ORDER BY total DESC LIMIT 1').to_pylist()}")
+        view.stop()
+
+        _step("12. branches: a zero-copy fork, a change on it, a row-level diff, a merge in one commit")
+        branch = f"what_if_v{db.version + 1}"
+        fork = db.create_branch(branch)
+        what_if = db.branch(branch)
+        what_if.upsert("orders", [{"id": start_id, "customer": "ann", "amount": 99.0}])
+        print(f"   {branch} forked at version {fork}; main still has amount "
+              f"{db.sql(f'SELECT amount FROM orders WHERE id = {start_id}').column(0)[0].as_py()}, the branch "
+              f"{db.sql(f'SELECT amount FROM orders@{branch} WHERE id = {start_id}').column(0)[0].as_py()}")
+        print(f"   diff main..{branch}: {db.diff('main', branch, table='orders').to_pylist()}")
+        report = db.merge(branch, into="main")
+        print(f"   merged ({report['kind']}) at version {report['version']}; the view follows on its next refresh")
+        what_if.close()
+        db.delete_branch(branch)
+
+        _step("13. retention: give up history before the head, then collect garbage")
         size = _disk_bytes(path)
         db.set_since(db.version)
         report = db.gc()
         print(f"   {report}; disk {size / 1e6:.1f} MB -> {_disk_bytes(path) / 1e6:.1f} MB")
         db.close()
 
-        _step("10. a read-only handle (no lock: another process could do this) verifies every checksum")
+        _step("14. a read-only handle (no lock: another process could do this) verifies every checksum")
         with udrflow.open(path, readonly=True) as reader:
             frames = sum(1 for _ in reader.log.scan())
             print(f"   version {reader.version}: {frames} log frames verified; tables {reader.tables()}")
+        print("\nKafka in and out (exactly-once ingest with offsets in the same commits, a change-stream sink): "
+              "python examples/06_kafka.py (starts its own local broker; needs the test extra)")
         print("\ndemo finished: every step ran against the embedded database.")
     finally:
         if tmp is not None:

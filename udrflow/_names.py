@@ -7,6 +7,7 @@ import re
 from udrflow.errors import InvalidNameError
 
 NAME_BYTES_MAX = 128
+RESERVED_TABLE_NAMES = frozenset({"__changelog"})
 _ALLOWED = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 
@@ -23,6 +24,8 @@ def check_name(name: object, kind: str) -> str:
         raise InvalidNameError(f"{kind} name must not contain control characters: got {name!r}")
     if "/" in name or "\\" in name or name in (".", "..") or ".." in name:
         raise InvalidNameError(f"{kind} name must not contain path separators or '..': got {name!r}")
+    if kind in ("table", "view") and name in RESERVED_TABLE_NAMES:
+        raise InvalidNameError(f"{kind} name {name!r} is reserved: SQL resolves it to the table of row changes")
     if not _ALLOWED.fullmatch(name):
         raise InvalidNameError(f"{kind} name must start with a letter or '_' and contain only letters, digits, "
                                f"'_', '.' and '-': got {name!r}")

@@ -44,6 +44,9 @@ class Transaction:
         self._read_tables: set[str] = set()
         self._state = "open"
         self.version: int | None = None
+        # Recorded in the commit (e.g. the input version a view's result reflects, or the
+        # Kafka offsets ingested): a dict of msgpack-encodable values.
+        self.meta: dict = {}
         self._lock = threading.Lock()
 
     # ---- writes (buffered) -----------------------------------------------------------
@@ -76,6 +79,15 @@ class Transaction:
             return
         self._ops.append(self._db._row_op("delete_keys", table, keys, version=self.begin_version, ops=self._ops))
 
+    def delete_rows(self, table: str, rows, *, verify: bool = True) -> None:
+        """Delete these whole rows, one stored copy per given row (for tables without a
+        primary key, whose rows are a multiset); a row not in the table is an error at commit.
+        ``verify=False`` skips that check (it reads the whole table): only for writers that
+        know their deletions are exact, such as a view's maintenance."""
+        self._check_open()
+        kind = "delete_rows" if verify else "retract_rows"
+        self._ops.append(self._db._row_op(kind, table, rows, version=self.begin_version, ops=self._ops))
+
     def create_table(self, name: str, schema: pa.Schema, primary_key=None) -> None:
         self._check_open()
         self._ops.append(self._db._ddl_op("create_table", name, schema=schema, primary_key=primary_key))
@@ -106,7 +118,7 @@ class Transaction:
         for op in mine:
             if op.kind in ("insert", "upsert"):
                 events.append((1, op.rows))
-            elif op.kind in ("delete_keys", "delete_rows"):
+            elif op.kind in ("delete_keys", "delete_rows", "retract_rows"):
                 events.append((-1, op.rows))
         if tdef.keyed:
             return fold_keyed(base, events, list(tdef.primary_key), tdef.schema)
@@ -124,7 +136,8 @@ class Transaction:
                     return None
                 self.version = self._engine.commit(
                     self._ops, begin=self.begin_version, generation=self._generation,
-                    read_tables=self._read_tables if self.isolation == "serializable" else None)
+                    read_tables=self._read_tables if self.isolation == "serializable" else None,
+                    meta=self.meta or None)
                 self._state = "committed"
                 return self.version
             except BaseException:

@@ -4,9 +4,9 @@ Every command names its database with ``--db PATH``, or else the ``UDRFLOW_DB``
 environment variable. Errors print one line naming what was expected and found, and
 exit with status 1 (2 for usage errors, as argparse does).
 
-Commands today: ``init``, ``tables``, ``read``, ``log``, ``verify``, ``gc``, ``demo``.
-(``sql``, ``subscribe``, ``branch``, ``diff``, ``merge``, ``views``, ``ingest``, ``sink`` arrive
-with the features they drive.)
+Commands today: ``init``, ``tables``, ``read``, ``sql``, ``log``, ``subscribe``, ``views``, ``verify``,
+``gc``, ``ingest kafka``, ``sink kafka``, ``demo``. (``branch``, ``diff``, ``merge`` arrive with
+the features they drive.)
 """
 
 from __future__ import annotations
@@ -85,6 +85,40 @@ def cmd_read(args) -> int:
             table = table.slice(0, args.limit)
         write_table(table, args.format, args.out)
     return 0
+
+
+def cmd_sql(args) -> int:
+    with udrflow.open(_db_path(args), readonly=True, create=False) as db:
+        table = db.sql(args.query, version=_version_option(args), branch=args.branch,
+                       params=_sql_params(args.param))
+        write_table(table, args.format, args.out)
+    return 0
+
+
+def _sql_params(raw: list[str] | None):
+    """``--param`` values: ``NAME=VALUE`` binds ``$NAME``, a bare ``VALUE`` binds ``$1``, ``$2``, ...
+    in order. A VALUE that is JSON (``3``, ``2.5``, ``true``, ``null``, ``"x"``) is that value,
+    anything else the text itself."""
+    if not raw:
+        return None
+    named, positional = {}, []
+    for item in raw:
+        name, eq, text = item.partition("=")
+        if eq and name.isidentifier():
+            named[name] = _param_value(text)
+        else:
+            positional.append(_param_value(item))
+    if named and positional:
+        raise SystemExit("udrflow: error: --param takes either NAME=VALUE (for $NAME) or VALUE (for $1, $2, ...), "
+                         "not both in one query")
+    return named or positional
+
+
+def _param_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def write_table(table, fmt: str, out: str | None) -> None:
@@ -196,6 +230,156 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_subscribe(args) -> int:
+    from udrflow._changefeed import batch_json_lines
+
+    # Read-only: a subscriber never takes the writer lock, so it can follow a database
+    # another process is writing.
+    with udrflow.open(_db_path(args), readonly=True, create=False, branch=args.branch) as db:
+        sub = db.subscribe(args.tables or None, from_version=args.from_version, idle_timeout_s=args.idle_timeout,
+                           until_version=args.until_version)
+        try:
+            for batch in sub:
+                if batch.kind != "changes" and not args.ddl:
+                    continue
+                if args.format == "json":
+                    lines = batch_json_lines(batch).to_pylist()
+                    if lines:
+                        sys.stdout.write("\n".join(lines) + "\n")
+                    elif batch.kind != "changes":
+                        sys.stdout.write(json.dumps({"version": batch.version, "commit_ts": batch.timestamp.isoformat(),
+                                                     "table": batch.table, "ddl": batch.kind}) + "\n")
+                else:
+                    print(f"-- version {batch.version} at {batch.timestamp.isoformat()}: {batch.table} "
+                          f"{batch.kind} ({batch.num_rows} rows)")
+                    if batch.num_rows:
+                        write_table(batch.changes, "table", None)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sub.close()
+        print(f"-- position {sub.position} (resume with --from-version {sub.position})", file=sys.stderr)
+    return 0
+
+
+def cmd_views(args) -> int:
+    path = _db_path(args)
+    if args.action == "list":
+        with udrflow.open(path, readonly=True, create=False, branch=args.branch) as db:
+            rows = db.views.list()
+            if not rows:
+                print("no views")
+            for r in rows:
+                print(f"{r['name']:<30} position {r['position']:>10,}  lag {r['lag']:>8,}  "
+                      f"inputs: {', '.join(r['inputs'])}")
+        return 0
+    with udrflow.open(path, create=False, branch=args.branch) as db:
+        names = args.names or db.views.names()
+        if not names:
+            print("no views")
+            return 0
+        if args.action == "drop":
+            for name in names:
+                print(f"dropped view {name} at version {db.drop_view(name)}")
+        elif args.action == "refresh":
+            by_name = {v.name: v for v in db.views.ordered()}
+            for name in [n for n in by_name if n in names] + [n for n in names if n not in by_name]:
+                view = db.views[name]
+
+                def show(reached: int, target: int, name: str = name) -> None:
+                    sys.stderr.write(f"\r{name}: input version {reached:,} of {target:,}")
+                    sys.stderr.flush()
+
+                reached = view.refresh(progress=show)
+                sys.stderr.write("\n")
+                print(f"{name}: reflects input version {reached:,}")
+        else:  # run
+            import time
+
+            views = [db.views[n] for n in names]
+            for v in views:
+                v.run()
+            print(f"maintaining {', '.join(names)} (Ctrl-C to stop)", file=sys.stderr)
+            try:
+                while True:
+                    time.sleep(args.report_interval)
+                    for v in views:
+                        if v.error is not None:
+                            v.stop()
+                    print("  ".join(f"{v.name}: {v.reached:,} (lag {max(0, db.version - v.reached):,})"
+                                    for v in views), file=sys.stderr)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                for v in views:
+                    v.stop()
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from connectors.kafka._cli import run_ingest
+
+    return run_ingest(args, _db_path(args))
+
+
+def cmd_sink(args) -> int:
+    from connectors.kafka._cli import run_sink
+
+    return run_sink(args, _db_path(args))
+
+
+def cmd_branch(args) -> int:
+    path = _db_path(args)
+    if args.action == "list":
+        with udrflow.open(path, readonly=True, create=False) as db:
+            for b in db.branches():
+                origin = f"from {b['parent']} at version {b['fork']}" if b["parent"] else "(root)"
+                print(f"{b['name']:<24} head {b['head']:>10,}  {origin}")
+        return 0
+    if not args.name:
+        raise SystemExit(f"udrflow: error: branch {args.action} needs a branch NAME")
+    with udrflow.open(path, create=False) as db:
+        if args.action == "create":
+            fork = db.create_branch(args.name, from_branch=args.from_branch, at_version=args.at_version)
+            print(f"created branch {args.name} from {args.from_branch or db.branch} at version {fork}")
+        else:
+            db.delete_branch(args.name)
+            print(f"deleted branch {args.name}")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    if ".." not in args.range:
+        raise SystemExit("udrflow: error: diff takes A..B (branches, versions of main, or branch@version)")
+    a, b = args.range.split("..", 1)
+
+    def side(text: str):
+        return int(text) if text.isdigit() else text
+
+    with udrflow.open(_db_path(args), readonly=True, create=False) as db:
+        result = db.diff(side(a), side(b), table=args.table)
+        tables = {args.table: result} if args.table else result
+        if not any(t.num_rows for t in tables.values()):
+            print("no differences")
+        for name, changes in tables.items():
+            print(f"-- {name}: {changes.num_rows} row changes")
+            if changes.num_rows:
+                write_table(changes, args.format, None)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    with udrflow.open(_db_path(args), create=False, branch=args.into) as db:
+        report = db.merge(args.source, into=args.into)
+        if report["version"] is None:
+            print(f"nothing to merge from {args.source} into {args.into}")
+        else:
+            print(f"merged {args.source} into {args.into} ({report['kind']}): {report['rows']} rows in "
+                  f"{', '.join(report['tables'])} at version {report['version']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from udrflow import _demo
 
@@ -228,6 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     p.add_argument("--out", default=None, help="write to this file instead of standard output")
+    p = add("sql", cmd_sql, "run one read-only SQL query (DataFusion) at a version; AS OF VERSION/TIMESTAMP, "
+                            "t@branch and __changelog work inside it (see docs/sql.md)")
+    p.add_argument("query", help="the query, e.g. \"SELECT count(*) FROM orders AS OF VERSION 3\"")
+    p.add_argument("--branch", default=None, help="default: the open branch (main)")
+    p.add_argument("--version", type=int, default=None, help="version of tables without their own AS OF "
+                   "(default: the head)")
+    p.add_argument("--at", default=None, help="an ISO time instead of --version (naive = UTC)")
+    p.add_argument("--param", "-p", action="append", default=None, metavar="[NAME=]VALUE",
+                   help="bind $NAME (or $1, $2, ... in order); VALUE is JSON if it parses, else text")
+    p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    p.add_argument("--out", default=None, help="write to this file instead of standard output")
     p = add("gc", cmd_gc, "reclaim space: optionally move every table's since forward, then collect garbage")
     p.add_argument("--branch", default="main")
     p.add_argument("--since", type=int, default=None, help="give up history before this version first")
@@ -240,6 +435,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_verify, "verify every log checksum, chunk hash and checkpoint, and read every table "
                                   "(no writer lock taken)")
     p.add_argument("--branch", default="main")
+    p = add("subscribe", cmd_subscribe, "stream the row changes of tables from a version on, then follow new "
+                                        "commits until interrupted")
+    p.add_argument("tables", nargs="*", help="tables to follow (default: all)")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--from-version", type=int, default=None,
+                   help="deliver the commits after this version (default: the head, so only new ones)")
+    p.add_argument("--until-version", type=int, default=None, help="stop once this version is delivered")
+    p.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without a commit")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--ddl", action="store_true", help="also show create/alter/drop of the tables")
+    p = add("views", cmd_views, "incremental views: list (position, lag), refresh (catch up, with progress), "
+                                "run (keep current until interrupted), drop")
+    p.add_argument("action", choices=("list", "refresh", "run", "drop"))
+    p.add_argument("names", nargs="*", help="views to act on (default: all)")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--report-interval", type=float, default=5.0, help="run: seconds between position reports")
+    from connectors.kafka._cli import add_ingest_arguments, add_sink_arguments
+
+    p = add("ingest", cmd_ingest, "consume a Kafka topic into a table, exactly once, with live progress")
+    p.add_argument("source", choices=("kafka",), help="where the records come from")
+    add_ingest_arguments(p)
+    p = add("sink", cmd_sink, "send a table's (or view's) changes to a Kafka topic, resuming without duplicates")
+    p.add_argument("target", choices=("kafka",), help="where the changes go")
+    add_sink_arguments(p)
+    p = add("branch", cmd_branch, "branches: create (zero-copy fork), list, delete")
+    p.add_argument("action", choices=("create", "list", "delete"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--from", dest="from_branch", default=None, help="create: the branch to fork (default: main)")
+    p.add_argument("--at-version", type=int, default=None, help="create: the version to fork at (default: head)")
+    p = add("diff", cmd_diff, "row-level differences between two branches or versions: A..B")
+    p.add_argument("range", help="A..B: branch names, versions of main, or branch@version")
+    p.add_argument("--table", default=None)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p = add("merge", cmd_merge, "merge a branch into another: fast-forward or three-way at row level, one commit")
+    p.add_argument("source")
+    p.add_argument("--into", default="main")
     add("demo", cmd_demo, "run the end-to-end demo (in a fresh temporary database unless --db is given)")
     return parser
 

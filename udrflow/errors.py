@@ -17,18 +17,24 @@ Messages say what was expected, what was found, and where::
     │   ├── SchemaError            data that does not fit a table's schema or key
     │   ├── TableNotFoundError     a table that does not exist (at that version)
     │   ├── TableExistsError       create_table of a name already taken
-    │   └── InvalidOptionError     an option outside its allowed values
+    │   ├── InvalidOptionError     an option outside its allowed values
+    │   └── BranchNotFoundError    a branch that does not exist
     ├── DatabaseNotFoundError      no database (or log) at the path given
     ├── DatabaseLockedError        another process holds the writer lock
     ├── DatabaseClosedError        the database (or log) was closed by its owner
     ├── ReadOnlyError              a write through a read-only handle
     ├── VersionNotFoundError       a version outside [since, upper)
     ├── TransactionConflictError   a concurrent commit wrote what this transaction wrote (or read)
+    ├── SqlError                   a SQL query that cannot be planned or run (DataFusion's text, position)
+    │   ├── SqlSyntaxError         a query that does not parse
+    │   └── SqlReadOnlyError       a statement that is not a query (INSERT, DDL, COPY, SET, ...)
     ├── StorageError               the file system failed us
     │   ├── StorageFullError       no space left (ENOSPC / EDQUOT)
     │   ├── StoragePermissionError the OS refused access to a path
     │   ├── CorruptionError        stored bytes fail a checksum or an invariant
     │   └── LogPoisonedError       an fsync failed; the writer refuses work until reopened
+    ├── MergeConflictError         a merge found rows both branches changed differently (nothing applied)
+    ├── ConnectorError             an outside system (Kafka) or its data failed a connector
     └── InternalError              an invariant of udrflow itself broke (a bug: report it)
 """
 
@@ -38,6 +44,7 @@ import errno as _errno
 
 __all__ = [
     "UdrflowError",
+    "MergeConflictError",
     "UsageError",
     "InvalidPayloadError",
     "InvalidNameError",
@@ -57,6 +64,11 @@ __all__ = [
     "CorruptionError",
     "LogPoisonedError",
     "InternalError",
+    "SqlError",
+    "SqlSyntaxError",
+    "SqlReadOnlyError",
+    "BranchNotFoundError",
+    "ConnectorError",
 ]
 
 
@@ -179,3 +191,47 @@ def require(condition: bool, message: str) -> None:
     """Check an internal invariant. Unlike ``assert`` it survives ``python -O``."""
     if not condition:
         raise InternalError(message)
+
+
+class SqlError(UdrflowError):
+    """A SQL query that cannot be planned or run. The message keeps DataFusion's own text
+    and says where in the query; ``query`` is the query, ``line`` and ``column`` (1-based)
+    the position when known, else None."""
+
+    def __init__(self, message: str, query: str | None = None, line: int | None = None,
+                 column: int | None = None) -> None:
+        super().__init__(message)
+        self.query = query
+        self.line = line
+        self.column = column
+
+
+class SqlSyntaxError(SqlError):
+    """A query that does not parse: udrflow's extensions (``AS OF``, ``@branch``) or
+    DataFusion's SQL. The message names the position."""
+
+
+class SqlReadOnlyError(SqlError):
+    """A statement that is not a query. SQL in udrflow only reads: INSERT, UPDATE, DELETE,
+    DDL, COPY, SET and other statements are rejected before anything runs (change tables
+    with ``insert``/``upsert``/``delete`` or a transaction)."""
+
+
+class BranchNotFoundError(UsageError):
+    """A branch that does not exist (the message names it and the branches that do)."""
+
+
+class MergeConflictError(UdrflowError):
+    """A merge found rows that both branches changed differently. ``conflicts`` lists them
+    (table, key, ours, theirs); nothing was applied."""
+
+    def __init__(self, message: str, conflicts: list | None = None) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts or []
+
+
+class ConnectorError(UdrflowError):
+    """A connector (``connectors.kafka``) could not do its work: the broker is unreachable
+    or refused a request, a topic is missing, a record could not be decoded while
+    ``on_error="raise"``, or a topic holds records that contradict what the connector
+    wrote. The message names the topic, partition and offset (or the setting) involved."""
