@@ -18,6 +18,7 @@ three-way check at row level (see :func:`merge`).
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 
@@ -263,10 +264,12 @@ def _keys(table: pa.Table, pk: list[str]) -> list:
 # ---- merge --------------------------------------------------------------------------------
 
 
-def _net_changes(engine, table: str, after: int, upto: int, pk: list[str]):
-    """The net effect of the commits in (after, upto] on table ``table``: for a keyed table,
-    (final rows of keys set, keys deleted); for a multiset, (rows added, rows removed)."""
-    parts = [b.changes for b in read_changes(engine, {table}, after, upto) if b.kind == "changes" and b.num_rows]
+def _net_changes(engine, table: str, after: int, upto: int, pk: list[str], skip: frozenset = frozenset()):
+    """The net effect of the commits in (after, upto] (except the versions in ``skip``) on
+    table ``table``: for a keyed table, (final rows of keys set, keys deleted); for a
+    multiset, (rows added, rows removed)."""
+    parts = [b.changes for b in read_changes(engine, {table}, after, upto)
+             if b.kind == "changes" and b.num_rows and b.version not in skip]
     if not parts:
         return None
     rows = pa.concat_tables(parts)
@@ -339,28 +342,39 @@ def merge(db, source: str, into: str | None = None) -> dict:
     s, t = store.engine(source), store.engine(into)
     fork = _common_fork(store, source, into)
     s_head, t_head = s.log.version, t.log.version
-    tables_s = _changed_tables(s, fork, s_head)
-    tables_t = _changed_tables(t, fork, t_head) if t_head > fork else set()
+    # Earlier merges between the two move the base: what ``into`` took from ``source``
+    # (up to base_s) is not applied again, and merge commits that carried one side's own
+    # changes to the other are not that side's changes (so they never come back).
+    into_took = _merges_from(t, source, fork)         # into's merge commits from source
+    source_took = _merges_from(s, into, fork)         # source's merge commits from into
+    base_s = max([fork] + list(into_took.values()))   # source's changes after this are new to into
+    base_t = max([fork] + list(source_took.values())) # into's changes after this are new to source
+    skip_s, skip_t = frozenset(source_took), frozenset(into_took)
+    tables_s = _changed_tables(s, base_s, s_head, skip_s)
+    tables_t = _changed_tables(t, base_t, t_head, skip_t) if t_head > base_t else set()
     for eng, name_b, head in ((s, source, s_head), (t, into, t_head)):
-        ddl = [b for b in read_changes(eng, None, fork, head) if b.kind != "changes"] if head > fork else []
+        ddl = [b for b in read_changes(eng, None, fork, head) if b.kind != "changes" and b.version not in
+               (skip_s if eng is s else skip_t)] if head > fork else []
         if ddl:
             raise UsageError(f"branch {name_b!r} changed table definitions since the fork at version {fork} "
                              f"({ddl[0].kind} {ddl[0].table!r} at version {ddl[0].version}): merging schema "
                              f"changes is not supported; apply the DDL on {into!r} first")
-    kind = "fast-forward" if t_head == fork else "three-way"
+    kind = "fast-forward" if t_head == base_t and not into_took else "three-way"
     conflicts: list[dict] = []
     plan: list[tuple[str, list[str], pa.Table | None, pa.Table | None]] = []
     rows = 0
     for name in sorted(tables_s):
         tdef = t.table_def(name, t_head)
         pk = list(tdef.primary_key)
-        theirs = _net_changes(s, name, fork, s_head, pk)
+        theirs = _net_changes(s, name, base_s, s_head, pk, skip_s)
         if theirs is None:
             continue
-        ours = _net_changes(t, name, fork, t_head, pk) if name in tables_t else None
+        ours = _net_changes(t, name, base_t, t_head, pk, skip_t) if name in tables_t else None
         plus, minus = theirs
         if pk and ours is not None:
-            plus, minus = _three_way(t, name, fork, pk, tdef.schema, theirs, ours, conflicts)
+            plus, minus = _three_way(s, name, base_s, pk, tdef.schema, theirs, ours, conflicts)
+        elif ours is not None:
+            plus, minus = _multiset_three_way(theirs, ours)
         plan.append((name, pk, plus, minus))
         rows += (plus.num_rows if plus is not None else 0) + (minus.num_rows if minus is not None else 0)
     if conflicts:
@@ -394,13 +408,48 @@ def merge(db, source: str, into: str | None = None) -> dict:
     return {"version": tx.version, "kind": kind, "tables": [p[0] for p in plan], "rows": rows}
 
 
-def _changed_tables(engine, after: int, upto: int) -> set[str]:
+def _changed_tables(engine, after: int, upto: int, skip: frozenset = frozenset()) -> set[str]:
     if upto <= after:
         return set()
-    return {b.table for b in read_changes(engine, None, after, upto) if b.kind == "changes"}
+    return {b.table for b in read_changes(engine, None, after, upto) if b.kind == "changes" and b.version not in skip}
 
 
-def _three_way(t, name: str, fork: int, pk: list[str], schema: pa.Schema, theirs, ours, conflicts: list):
+def _merges_from(engine, other: str, after: int) -> dict[int, int]:
+    """The merge commits on ``engine``'s own log after ``after`` that merged branch
+    ``other`` in: version -> the version of ``other`` they took in."""
+    from udrflow._commit import decode_header
+
+    out: dict[int, int] = {}
+    lo = max(after, engine.fork if engine.parent is not None else 0) + 1
+    if lo > engine.log.version:
+        return out
+    for record in engine.log.scan(lo, engine.log.version):
+        merge_meta = decode_header(record.payload, record.version).meta.get("merge")
+        if isinstance(merge_meta, dict) and merge_meta.get("source") == other:
+            out[record.version] = int(merge_meta["source_version"])
+    return out
+
+
+def _multiset_three_way(theirs, ours):
+    """A table without key: both sides' inserts stand (rows may repeat); a row both sides
+    deleted is deleted once, on ``into`` already."""
+    t_plus, t_minus = theirs
+    _o_plus, o_minus = ours
+    if not t_minus.num_rows or not o_minus.num_rows:
+        return t_plus, t_minus
+    gone = collections.Counter(tuple(r.values()) for r in o_minus.to_pylist())
+    keep = []
+    for r in t_minus.to_pylist():
+        key = tuple(r.values())
+        if gone[key] > 0:
+            gone[key] -= 1
+            keep.append(False)
+        else:
+            keep.append(True)
+    return t_plus, t_minus.filter(pa.array(keep, pa.bool_()))
+
+
+def _three_way(s, name: str, base_s: int, pk: list[str], schema: pa.Schema, theirs, ours, conflicts: list):
     """Keys changed on both sides: equal outcomes pass, commutative columns combine, the
     rest are conflicts. Returns what to apply on ``into``: (rows to upsert, keys to delete)."""
     t_plus, t_minus = theirs
@@ -422,7 +471,9 @@ def _three_way(t, name: str, fork: int, pk: list[str], schema: pa.Schema, theirs
             continue
         if mine is not None and other is not None:
             if base_rows is None:
-                base = t.read(name, fork)
+                # The source's rows before its changes that ``into`` has not taken yet: a
+                # commutative column adds the source's delta from there to ``into``'s value.
+                base = s.read(name, base_s)
                 base_rows = dict(zip(_keys(base, pk), base.to_pylist(), strict=True))
             row = _combine(base_rows.get(key), mine, other, funcs)
             if row is not None:
@@ -448,7 +499,7 @@ def _combine(base: dict | None, mine: dict, other: dict, funcs: dict) -> dict | 
             continue
         how = funcs.get(col)
         if how == "sum" and base is not None and None not in (a, b, base[col]):
-            out[col] = a + b - base[col]
+            out[col] = a + (b - base[col])
         elif how == "max" and None not in (a, b):
             out[col] = max(a, b)
         elif how == "min" and None not in (a, b):

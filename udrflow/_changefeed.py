@@ -336,11 +336,12 @@ class Subscription:
         self._reader = _Reader(engine, names)
         self._stop = threading.Event()
         self._early: Iterator[ChangeBatch] | None = None
+        follow_from = after
         if engine.parent is not None and after < engine.fork:
             # On a branch, the commits up to its fork come from its parent's log first.
             self._early = read_changes(engine.parent, names, after, engine.fork)
-            after = engine.fork
-        self._records = engine.log.follow(after + 1, idle_timeout_s=idle_timeout_s, stop=self._stop)
+            follow_from = engine.fork
+        self._records = engine.log.follow(follow_from + 1, idle_timeout_s=idle_timeout_s, stop=self._stop)
         self._pending: list[ChangeBatch] = []
         self.position = after
         self.until_version = until_version

@@ -196,7 +196,10 @@ class _BranchName(str):
     def __call__(self, name: str) -> Database:
         import udrflow
 
-        return udrflow.open(self._db.path, branch=name, readonly=self._db.readonly)
+        o = self._db._store.options  # the same store: the same options
+        return udrflow.open(self._db.path, branch=name, readonly=self._db.readonly, durability=o["durability"],
+                            fsync_interval_ms=o["fsync_interval_ms"], segment_size_bytes=o["segment_size_bytes"],
+                            io=o["io"], clock=o["clock"])
 
 
 class Database:

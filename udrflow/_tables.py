@@ -1155,6 +1155,11 @@ class TableEngine:
                 if self.catalog.get(dropped, head) is None:
                     cut = min(cut, since + 1)
             cut = min(cut, head)
+            # Only whole sealed segments go: the log will start at the first version of the
+            # segment holding ``cut`` (or later), and the catalog snapshot must be for the
+            # version just before that start, which is what a reopen looks for.
+            kept = [seg for seg in self.log._segments[:-1] if seg.last_version >= cut] + self.log._segments[-1:]
+            cut = kept[0].first_version if kept else cut
             if cut > self.log.since:
                 path = self._catalog_snapshot_path(cut - 1)
                 try:
