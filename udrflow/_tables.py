@@ -920,7 +920,11 @@ class TableEngine:
     def _check_rows_exist(self, tdef: TableDef, minus: pa.Table) -> None:
         head = self._head(tdef)
         current = head.materialize()
-        check = fold_multiset(current, [(-1, minus)], tdef.schema) if current.num_rows else None
+        try:
+            check = fold_multiset(current, [(-1, minus)], tdef.schema) if current.num_rows else None
+        except InternalError:
+            raise SchemaError(f"delete from table {tdef.name!r}: some of the {minus.num_rows} row(s) to delete are "
+                              f"not in the table (a table without a key deletes whole rows that exist)") from None
         if check is None:
             raise SchemaError(f"delete from table {tdef.name!r}: {minus.num_rows} row(s) to delete, but the table is "
                               f"empty")
