@@ -607,7 +607,7 @@ class BranchMachine(RuleBasedStateMachine):
                             state.acct[r["id"]] = (r["bal"], r["name"])
                     else:
                         state.bag[(r["tag"], r["n"])] += r["__weight"]
-                if batch.last_in_version and batch.version == head:  # (not sub.position: see the xfail test)
+                if batch.last_in_version and batch.version == head:  # (sub.position would do too since the fix)
                     break
             assert sub.position == head
         assert seen == want_versions, f"versions {seen}, model {want_versions}"
