@@ -722,10 +722,6 @@ def test_async_for_follows_the_tail_without_blocking_the_event_loop(db):
     assert summary(asyncio.run(ended())) == expected_from_log(db, v0, db.version, [TAGS])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_changefeed.Subscription.__anext__ runs next() in asyncio.to_thread: when the await is cancelled (here "
-    "by wait_for's timeout) the worker thread still takes the next batch, which is lost; or, depending on "
-    "timing, the next __anext__ raises ValueError('generator already executing') or never returns"))
 def test_a_cancelled_anext_loses_nothing(db):
     v0 = db.version
 

@@ -343,6 +343,7 @@ class Subscription:
             follow_from = engine.fork
         self._records = engine.log.follow(follow_from + 1, idle_timeout_s=idle_timeout_s, stop=self._stop)
         self._pending: list[ChangeBatch] = []
+        self._inflight = None  # the async form's step in a worker thread, if one is running
         self.position = after
         self.until_version = until_version
         self.tables = None if names is None else sorted(names)
@@ -382,7 +383,13 @@ class Subscription:
     async def __anext__(self) -> ChangeBatch:
         # One worker-thread step per batch: waiting for the next commit never blocks the
         # event loop, and the log stays the only buffer (back-pressure as in the sync form).
-        batch = await asyncio.to_thread(_next_or_none, self)
+        # The step in flight outlives a cancelled await (asyncio.shield), so the batch it
+        # takes is handed to the next __anext__ instead of being lost.
+        step = self._inflight
+        if step is None:
+            step = self._inflight = asyncio.ensure_future(asyncio.to_thread(_next_or_none, self))
+        batch = await asyncio.shield(step)
+        self._inflight = None
         if batch is None:
             raise StopAsyncIteration
         return batch
