@@ -33,6 +33,7 @@ from udrflow.views._expr import Expr, _quote, as_expr
 W = "__weight"
 JOIN_SIDE_COMPACT_ROWS_MIN = 65536        # a probed join side is consolidated past 2x live + this
 JOIN_SIDE_UNPROBED_ROWS_MAX = 4_000_000   # ... and an unprobed one past 8x live + this (memory bound)
+JOIN_PROBE_SMALL_ROWS = 256               # a change this small probes the other side's key index
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "count_distinct")
 JOIN_KINDS = ("inner", "left")
 
@@ -661,12 +662,24 @@ class _Side:
     def _compact(self) -> None:
         live = consolidate(pa.concat_tables(self.chunks))
         self.chunks, self.rows, self.compacted_rows = [live], live.num_rows, live.num_rows
+        self._index = None
+
+    def index(self, on: list[str]) -> dict:
+        """key -> positions in ``table()``; rebuilt only after the side changed."""
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = {}
+            for pos, key in enumerate(_key_list(self.table(), on)):
+                index.setdefault(key, []).append(pos)
+            self._index = index
+        return index
 
     def add(self, delta: pa.Table) -> None:
         if delta.num_rows == 0:
             return
         self.chunks.append(delta)
         self.rows += delta.num_rows
+        self._index = None
         if self.rows > 8 * self.compacted_rows + JOIN_SIDE_UNPROBED_ROWS_MAX:
             self._compact()
 
@@ -711,6 +724,30 @@ class Join(Stream):
         w = pc.multiply(j.column("__wl"), j.column("__wr"))
         return j.select(self.schema.names).cast(self.schema).append_column(pa.field(W, pa.int64()), w)
 
+    def _probe(self, small: pa.Table, side: _Side) -> pa.Table:
+        """``small ⋈ side`` through the side's key index: for a few changed rows this skips
+        building a hash table over the whole other side (the index is built once and kept
+        while that side does not change, as a static dimension table does not)."""
+        index = side.index(self.on)
+        table = side.table()
+        keys = _key_list(small, self.on)
+        n_keys = len(self.on)
+        left_rows, right_rows = [], []
+        for i, key in enumerate(keys):
+            if _has_null_key(key, n_keys):
+                continue  # SQL: a null key matches nothing
+            hits = index.get(key)
+            if hits is not None:
+                left_rows.extend([i] * len(hits))
+                right_rows.extend(hits)
+        if not left_rows:
+            return empty_delta(self.schema)
+        a = small.take(pa.array(left_rows, pa.int64()))
+        b = table.take(pa.array(right_rows, pa.int64()))
+        cols = [a.column(n) for n in self.children[0].schema.names] + [b.column(n) for n in self.right_rest]
+        out = pa.Table.from_arrays(cols, schema=self.schema)
+        return out.append_column(pa.field(W, pa.int64()), pc.multiply(a.column(W), b.column(W)))
+
     def step(self, state, deltas) -> pa.Table:
         dl = self.children[0].out(state, deltas)
         dr = self.children[1].out(state, deltas)
@@ -719,7 +756,8 @@ class Join(Stream):
         right.add(dr)
         out = []
         if dl.num_rows:
-            out.append(self._join(dl, right.table()))
+            out.append(self._probe(dl, right) if dl.num_rows <= JOIN_PROBE_SMALL_ROWS else
+                       self._join(dl, right.table()))
         if dr.num_rows:
             out.append(self._join(l_old, dr))
         if self.how == "left":
