@@ -112,3 +112,18 @@ def machine_info(scratch_root: str, extra: dict[str, object]) -> dict:
         "filesystem": filesystem_of(scratch_root),
         "loadavg_start": list(os.getloadavg()),
     }
+
+
+def targets_json(targets: Iterable[Target]) -> list[dict]:
+    """The targets as they go into a results file."""
+    return [{"name": t.name, "value": t.value, "op": t.op, "target": t.target, "pass": t.passed} for t in targets]
+
+
+def write_result(result: dict, output: Path) -> None:
+    """Print the results as JSON and write them to ``output``."""
+    import json
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text + "\n")

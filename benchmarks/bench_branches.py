@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import os
 import statistics
 import sys
@@ -71,7 +70,9 @@ from _bench_common import (
     machine_info,
     rotated,
     sources_digest,
+    targets_json,
     verdict,
+    write_result,
 )
 
 if str(ROOT) not in sys.path:
@@ -412,8 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": asdict(sizes),
         "a_create": a,
         "b_merge": b,
-        "targets": [{"name": t.name, "value": t.value, "op": t.op, "target": t.target, "pass": t.passed}
-                    for t in targets],
+        "targets": targets_json(targets),
         "all_pass": all(t.passed for t in targets),
         "part_s": part_s,
         "notes": [f"part ({k}) took {s:.0f} s, more than {PART_SLOW_S:.0f} s" for k, s in part_s.items()
@@ -421,10 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": time.perf_counter() - started,
     }
     print_report(result, targets)
-    text = json.dumps(result, indent=2)
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text + "\n")
+    write_result(result, output)
     return 1 if args.strict and not result["all_pass"] else 0
 
 

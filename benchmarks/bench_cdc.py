@@ -78,6 +78,8 @@ from _bench_common import (
     machine_info,
     rotated,
     sources_digest,
+    targets_json,
+    write_result,
 )
 
 if str(ROOT) not in sys.path:
@@ -559,18 +561,14 @@ def main(argv: list[str] | None = None) -> int:
         "a_in_process_latency": a,
         "b_cross_process_latency": b,
         "c_replay": c,
-        "targets": [{"name": t.name, "value": t.value, "op": t.op, "target": t.target, "pass": t.passed}
-                    for t in targets],
+        "targets": targets_json(targets),
         "all_pass": all(t.passed for t in targets),
         "elapsed_s": time.perf_counter() - started,
     }
     print_report(result, targets, sizes)
     if parts != {"a", "b", "c"}:
         return 0  # a partial run is for looking, not for the results file
-    text = json.dumps(result, indent=2)
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text + "\n")
+    write_result(result, output)
     return 1 if args.strict and not result["all_pass"] else 0
 
 

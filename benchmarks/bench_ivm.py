@@ -92,7 +92,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from _bench_common import DEFAULT_TMP, RESULTS_DIR, ROOT, Scratch, Target, machine_info, sources_digest
+from _bench_common import (
+    DEFAULT_TMP,
+    RESULTS_DIR,
+    ROOT,
+    Scratch,
+    Target,
+    machine_info,
+    sources_digest,
+    targets_json,
+    write_result,
+)
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -998,16 +1008,11 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": time.perf_counter() - started,
     }
     targets, stretch = build_targets(result)
-    result["targets"] = [{"name": t.name, "value": t.value, "op": t.op, "target": t.target, "pass": t.passed}
-                         for t in targets]
-    result["stretch_targets"] = [{"name": t.name, "value": t.value, "op": t.op, "target": t.target,
-                                  "pass": t.passed} for t in stretch]
+    result["targets"] = targets_json(targets)
+    result["stretch_targets"] = targets_json(stretch)
     result["all_pass"] = all(t.passed for t in targets)
     print_report(result, targets, stretch)
-    text = json.dumps(result, indent=2)
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text + "\n")
+    write_result(result, output)
     if not result["correct"]:
         print("CORRECTNESS FAILURE: see 'correctness' above and in the JSON", file=sys.stderr)
         return 2

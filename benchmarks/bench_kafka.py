@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -52,7 +51,9 @@ from _bench_common import (
     Target,
     machine_info,
     sources_digest,
+    targets_json,
     verdict,
+    write_result,
 )
 
 for p in (str(ROOT), str(ROOT / "tests")):
@@ -222,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "bare_messages_per_s": bare,
         "udrflow_messages_per_s": ours,
-        "targets": [{"name": t.name, "value": t.value, "op": t.op, "target": t.target, "pass": t.passed}
-                    for t in targets],
+        "targets": targets_json(targets),
         "all_pass": all(t.passed for t in targets),
         "elapsed_s": time.perf_counter() - started,
     }
@@ -240,10 +240,7 @@ def main(argv: list[str] | None = None) -> int:
           f"batch_size {u['batch_size']:,}, batch_ms {u['batch_ms']})")
     print(f"udrflow / bare = {ours / bare:.2f}  {verdict(targets, 'ingest_rate_vs_bare_consumer')}")
     print(line)
-    text = json.dumps(result, indent=2)
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text + "\n")
+    write_result(result, output)
     return 1 if args.strict and not result["all_pass"] else 0
 
 

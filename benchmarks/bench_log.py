@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import math
 import os
 import platform
@@ -71,7 +70,9 @@ from _bench_common import (
     machine_info,
     rotated,
     sources_digest,
+    targets_json,
     verdict,
+    write_result,
 )
 
 if str(ROOT) not in sys.path:
@@ -513,16 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         "a_batched_append": a,
         "b_single_commit_latency": b,
         "c_group_commit": c,
-        "targets": [{"name": t.name, "value": t.value, "op": t.op, "target": t.target, "pass": t.passed}
-                    for t in targets],
+        "targets": targets_json(targets),
         "all_pass": all(t.passed for t in targets),
         "elapsed_s": time.perf_counter() - started,
     }
     print_report(result, targets)
-    text = json.dumps(result, indent=2)
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text + "\n")
+    write_result(result, output)
     return 1 if args.strict and not result["all_pass"] else 0
 
 

@@ -70,7 +70,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import os
 import statistics
 import subprocess
@@ -92,7 +91,9 @@ from _bench_common import (
     machine_info,
     rotated,
     sources_digest,
+    targets_json,
     verdict,
+    write_result,
 )
 
 if str(ROOT) not in sys.path:
@@ -500,18 +501,14 @@ def main(argv: list[str] | None = None) -> int:
         "a_head": a,
         "b_deep": b,
         "c_tiny": c,
-        "targets": [{"name": t.name, "value": t.value, "op": t.op, "target": t.target, "pass": t.passed}
-                    for t in targets],
+        "targets": targets_json(targets),
         "all_pass": all(t.passed for t in targets),
         "part_s": part_s,
         "notes": notes,
         "elapsed_s": time.perf_counter() - started,
     }
     print_report(result, targets)
-    text = json.dumps(result, indent=2)
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text + "\n")
+    write_result(result, output)
     return 1 if args.strict and not result["all_pass"] else 0
 
 
