@@ -9,7 +9,7 @@ extensions = [
         include_dirs=["udrflow/_ext"],
         extra_compile_args=["-O3"],
     )
-    for name in ("_crc32c", "_frame", "_keyhash", "_fastio")
+    for name in ("_crc32c", "_frame", "_keyhash", "_fastio", "_intmap")
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))

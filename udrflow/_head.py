@@ -13,6 +13,11 @@ base, the head is compacted into a new base with the vectorized fold.
 A +1 batch is an Arrow table, or, for small commits made of Python values (see
 ``_pyrows.py``), a list of row tuples in the schema's column order: those commits read
 and extend the head without touching Arrow (``locate`` + ``rows``, ``apply_rows``).
+
+A table keyed by one integer column (the common case) gets ``IntKeyedHead``: one Cython
+hash map (``_ext/_intmap``) from key to a packed location serves base and overlay at once,
+and an Arrow upsert is located and applied with whole-array calls (``locate_array``,
+``gather_found``), no Python object per row.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from udrflow._fold import fold_multiset, remove_keys
+from udrflow._ext._intmap import IntMap
+from udrflow._fold import filter_columns, fold_multiset, remove_keys
 from udrflow._pyrows import rows_to_table
 
 _MISSING = object()
@@ -100,6 +106,28 @@ class KeyedHead:
             return self._fit(table.slice(row, 1))
         sources = np.fromiter((b for b, _ in locs), dtype=np.int64, count=len(locs))
         rows = np.fromiter((r for _, r in locs), dtype=np.int64, count=len(locs))
+        return self._gather_arrays(sources, rows)
+
+    def gather_found(self, found) -> pa.Table:
+        """``gather`` of what ``locate_found`` returned."""
+        return self.gather(found)
+
+    def locate_found(self, table: pa.Table) -> tuple[np.ndarray, list]:
+        """For each row of ``table`` (holding the key columns): whether its key is present
+        (a numpy bool array), and the locations of the present ones for ``gather_found``."""
+        locs = self.locate(key_list(table, self.pk))
+        exists = np.fromiter((loc is not None for loc in locs), dtype=bool, count=len(locs))
+        return exists, [loc for loc in locs if loc is not None]
+
+    def _gather_arrays(self, sources: np.ndarray, rows: np.ndarray) -> pa.Table:
+        """The rows at (source, row) pairs given as two int64 arrays (source -1: the base)."""
+        n = len(rows)
+        first = sources[0]
+        if (sources == first).all():
+            table = self.base if first < 0 else self.batches[first]
+            if type(table) is list:
+                return rows_to_table([table[r] for r in rows.tolist()], self.schema)
+            return self._fit(table.take(pa.array(rows)))
         parts, order = [], []
         for src in np.unique(sources):
             sel = np.flatnonzero(sources == src)
@@ -110,10 +138,8 @@ class KeyedHead:
                 parts.append(self._fit(table.take(pa.array(rows[sel]))))
             order.append(sel)
         gathered = pa.concat_tables(parts)
-        if len(parts) == 1:
-            return gathered
-        inverse = np.empty(len(locs), dtype=np.int64)
-        inverse[np.concatenate(order)] = np.arange(len(locs))
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[np.concatenate(order)] = np.arange(n)
         return gathered.take(pa.array(inverse))
 
     def _fit(self, table: pa.Table) -> pa.Table:
@@ -121,9 +147,12 @@ class KeyedHead:
             return table
         return table.select(self.schema.names).cast(self.schema)
 
-    def apply(self, plus: pa.Table | None, minus_keys: list) -> None:
-        for k in minus_keys:
-            self.overlay[k] = None
+    def apply(self, plus: pa.Table | None, minus: pa.Table | None) -> None:
+        """A commit's effect: ``plus`` (whole rows whose key is now set) and ``minus`` (the
+        key columns of the deleted keys)."""
+        if minus is not None:
+            for k in key_list(minus, self.pk):
+                self.overlay[k] = None
         if plus is not None and plus.num_rows:
             b = len(self.batches)
             self.batches.append(plus)
@@ -160,6 +189,137 @@ class KeyedHead:
         self._base_columns = None
         self.batches = []
         self.overlay = {}
+
+
+_INT_KEY_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
+_SHIFT = 40                 # a packed location: (source + 1) << 40 | row; the base is source -1
+_ROWS = (1 << _SHIFT) - 1
+_DELETED = -2               # an IntMap value: the key was deleted since the base (absent is -1)
+
+
+def keyed_head(schema: pa.Schema, pk: list[str], base: pa.Table) -> KeyedHead:
+    """The head of a keyed table: ``IntKeyedHead`` for one integer key column."""
+    if len(pk) == 1 and schema.field(pk[0]).type in _INT_KEY_TYPES:
+        return IntKeyedHead(schema, pk, base)
+    return KeyedHead(schema, pk, base)
+
+
+def key_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An integer key column as a contiguous int64 numpy array (keys hold no nulls)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    if column.type != pa.int64():
+        column = column.cast(pa.int64())
+    return np.ascontiguousarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+class IntKeyedHead(KeyedHead):
+    """``KeyedHead`` for one integer key column: ``_map`` holds every key's packed location
+    (base rows and overlay alike; ``_DELETED`` for keys deleted since the base), ``_dead``
+    marks base rows replaced or deleted since, and ``_changed`` counts keys written since
+    the base (the compaction trigger)."""
+
+    def __init__(self, schema: pa.Schema, pk: list[str], base: pa.Table) -> None:
+        super().__init__(schema, pk, base)
+        self._map: IntMap | None = None
+        self._dead: np.ndarray | None = None
+        self._changed = 0
+
+    def _intmap(self) -> IntMap:
+        if self._map is None:
+            keys = key_array(self.base.column(self.pk[0]))
+            m = IntMap(len(keys))
+            m.assign_range(keys, 0)
+            self._map = m
+        return self._map
+
+    def locate(self, keys: list) -> list:
+        get = self._intmap().get
+        out = []
+        for k in keys:
+            p = get(k)
+            out.append(None if p < 0 else ((p >> _SHIFT) - 1, p & _ROWS))
+        return out
+
+    def locate_found(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        packed = self._intmap().lookup(key_array(table.column(self.pk[0])))
+        exists = packed >= 0
+        return exists, packed[exists]
+
+    def gather_found(self, found) -> pa.Table:
+        if not len(found):
+            return self.schema.empty_table()
+        return self._gather_arrays((found >> _SHIFT) - 1, found & _ROWS)
+
+    def _mark(self, keys: np.ndarray, value: int | None) -> None:
+        """Point ``keys`` at ``value + i`` (the rows of a new batch) or at ``_DELETED``
+        (value None), marking the base rows they replace as dead."""
+        m = self._intmap()
+        old = m.lookup(keys)
+        hit = old[(old >= 0) & (old <= _ROWS)]
+        if hit.size:
+            if self._dead is None:
+                self._dead = np.zeros(self.base.num_rows, dtype=bool)
+            self._dead[hit] = True
+        if value is None:
+            m.assign_value(keys, _DELETED)
+        else:
+            m.assign_range(keys, value)
+        self._changed += len(keys)
+
+    def apply(self, plus: pa.Table | None, minus: pa.Table | None) -> None:
+        if minus is not None and minus.num_rows:
+            self._mark(key_array(minus.column(self.pk[0])), None)
+        if plus is not None and plus.num_rows:
+            b = len(self.batches)
+            self.batches.append(plus)
+            self._mark(key_array(plus.column(self.pk[0])), (b + 1) << _SHIFT)
+        self._maybe_compact()
+
+    def apply_rows(self, rows: list[tuple], keys: list, minus_keys: list) -> None:
+        if minus_keys:
+            self._mark(np.array(minus_keys, dtype=np.int64), None)
+        if rows:
+            b = len(self.batches)
+            self.batches.append(rows)
+            self._mark(np.array(keys, dtype=np.int64), (b + 1) << _SHIFT)
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self._changed > max(OVERLAY_KEYS_MIN, self.base.num_rows // 4):
+            self.compact()
+
+    def materialize(self) -> pa.Table:
+        if not self._changed:
+            return self.base
+        kept = self.base if self._dead is None else filter_columns(self.base, pa.array(~self._dead))
+        live = []
+        for b, batch in enumerate(self.batches):
+            # A batch's rows still current are those whose key still points at them.
+            n = len(batch)
+            if not n:
+                continue
+            keys = np.array([r[self._key_pos] for r in batch], dtype=np.int64) if type(batch) is list \
+                else key_array(batch.column(self.pk[0]))
+            start = (b + 1) << _SHIFT
+            current = np.flatnonzero(self._intmap().lookup(keys) == start + np.arange(n, dtype=np.int64))
+            if current.size:
+                live.append(rows_to_table([batch[i] for i in current.tolist()], self.schema) if type(batch) is list
+                            else self._fit(batch.take(pa.array(current))))
+        parts = ([kept.cast(self.schema)] if kept.num_rows else []) + live
+        return pa.concat_tables(parts) if parts else self.schema.empty_table()
+
+    @property
+    def _key_pos(self) -> int:
+        return self.schema.get_field_index(self.pk[0])
+
+    def compact(self) -> None:
+        self.base = self.materialize()
+        self._map = None
+        self._dead = None
+        self._changed = 0
+        self._base_columns = None
+        self.batches = []
 
 
 class MultisetHead:

@@ -49,7 +49,7 @@ from udrflow._commit import (
 )
 from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
 from udrflow._fold import fold_keyed, fold_multiset, net_keyed
-from udrflow._head import KeyedHead, MultisetHead, key_list, keys_table
+from udrflow._head import KeyedHead, MultisetHead, key_list, keyed_head, keys_table
 from udrflow._limits import COMMIT_BODY_BYTES_MAX, COMMIT_INLINE_ROWS_BYTES_MAX
 from udrflow._pyrows import PyRows, encodable, rows_to_table
 from udrflow._schema import add_column_schema, check_table_schema, schema_to_bytes
@@ -602,7 +602,7 @@ class TableEngine:
             # so a missing head means none are queued for this table beyond the visible version.
             base = self.read(tdef.name, self.log.version) if self.log.version >= tdef.created \
                 else tdef.schema.empty_table()
-            head = KeyedHead(tdef.schema, list(tdef.primary_key), base) if tdef.keyed \
+            head = keyed_head(tdef.schema, list(tdef.primary_key), base) if tdef.keyed \
                 else MultisetHead(tdef.schema, base)
             self._heads[key] = head
         self._sync_head_schema(head, tdef)
@@ -714,25 +714,25 @@ class TableEngine:
         # final_plus: rows whose key ends set; final_minus: keys that end deleted.
         upd_new = upd_old = ins = dels = None
         if final_plus is not None and final_plus.num_rows:
-            locs = head.locate(key_list(final_plus, pk))
-            exists = [loc is not None for loc in locs]
+            exists, found = head.locate_found(final_plus.select(pk))
             if inserted is not None:
-                clash = [k for k, e, i in zip(key_list(final_plus, pk), exists, inserted, strict=True) if e and i]
-                if clash:
+                clash_rows = np.flatnonzero(exists & np.asarray(inserted, dtype=bool))
+                if clash_rows.size:
+                    clash = key_list(final_plus.select(pk).take(pa.array(clash_rows)), pk)
                     raise SchemaError(f"duplicate primary key {self._fmt_keys(pk, clash)} in the insert into table "
                                       f"{name!r}: already in the table (use upsert to replace rows)")
-            upd_old = head.gather([loc for loc in locs if loc is not None])
-            if all(exists):  # the common cases need no filtering
+            upd_old = head.gather_found(found)
+            if exists.all():  # the common cases need no filtering
                 upd_new, ins = final_plus, None
-            elif not any(exists):
+            elif not exists.any():
                 upd_new, upd_old, ins = None, None, final_plus
             else:
                 mask = pa.array(exists)
                 upd_new = final_plus.filter(mask)
                 ins = final_plus.filter(pc.invert(mask))
         if final_minus is not None and final_minus.num_rows:
-            locs = [loc for loc in head.locate(key_list(final_minus, pk)) if loc is not None]
-            dels = head.gather(locs) if locs else None
+            exists, found = head.locate_found(final_minus.select(pk))
+            dels = head.gather_found(found) if exists.any() else None
         rows = sum(t.num_rows for t in (upd_new, ins, dels) if t is not None)
         if rows == 0:
             return None, None
@@ -957,7 +957,7 @@ class TableEngine:
                     continue
                 plus, minus = effect
                 if isinstance(head, KeyedHead):
-                    head.apply(plus, [] if minus is None else key_list(minus, list(tdef.primary_key)))
+                    head.apply(plus, minus)
                 else:
                     head.apply(plus, minus)
 
