@@ -41,8 +41,18 @@ JOIN_KINDS = ("inner", "left")
 # ---- deltas ------------------------------------------------------------------------------
 
 
+_EMPTY: dict[pa.Schema, pa.Table] = {}
+
+
 def empty_delta(schema: pa.Schema) -> pa.Table:
-    return schema.append(pa.field(W, pa.int64())).empty_table()
+    """A delta with no rows (cached per schema: building an empty table costs ~100 us, and
+    tables are immutable)."""
+    e = _EMPTY.get(schema)
+    if e is None:
+        if len(_EMPTY) > 1024:
+            _EMPTY.clear()
+        e = _EMPTY[schema] = schema.append(pa.field(W, pa.int64())).empty_table()
+    return e
 
 
 def with_weight(table: pa.Table, weight: int | np.ndarray) -> pa.Table:
@@ -54,6 +64,7 @@ def _groupable(schema: pa.Schema) -> bool:
     return all(not (pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type)) for f in schema)
 
 
+GROUP_SMALL_ROWS = 8  # a group-by step over at most this many changed rows runs a row at a time
 _SMALL_ROWS = 256  # below this, Python beats launching an Arrow hash aggregation
 
 
@@ -499,6 +510,8 @@ class GroupBy(Stream):
         s = self._state(state)
         if d.num_rows == 0:
             return self._empty()
+        if d.num_rows <= GROUP_SMALL_ROWS and self._scalar_ok:
+            return self._step_small(s, d)
         # Every row's group slot (new groups get one), then numpy scatter-adds of the
         # weighted contributions: no per-row Python, and no hash aggregation to launch.
         row_slots = np.asarray(self._slots(s, _key_list(d, self.keys)), np.int64)
@@ -541,6 +554,78 @@ class GroupBy(Stream):
             out.append(self._rows(s, slots[now], [v.filter(pa.array(now)) for v in new_values], 1))
         # An emptied group gets only its -1 row (it disappears); its slot stays for the same key.
         return pa.concat_tables(out) if out else self._empty()
+
+    @property
+    def _scalar_ok(self) -> bool:
+        """Whether ``_step_small`` applies: every aggregate is a running count/sum/avg."""
+        ok = self.__dict__.get("_scalar")
+        if ok is None:
+            ok = self.__dict__["_scalar"] = all(a.func in ("count", "sum", "avg") for a in self.aggs.values())
+        return ok
+
+    def _step_small(self, s: _GroupState, d: pa.Table) -> pa.Table:
+        """``step`` for a few changed rows (a single update): the same arithmetic on the same
+        numpy state a row at a time, with no Arrow kernel per aggregate (launching those
+        costs more than the work for a handful of rows)."""
+        slots = self._slots(s, _key_list(d, self.keys))
+        w = d.column(W).to_pylist()
+        changed = sorted(set(slots))
+        before = {j: (int(s.rows[j]), self._scalar_values(s, j)) for j in changed}
+        rows = s.rows
+        for slot, dw in zip(slots, w, strict=True):
+            rows[slot] += dw
+        for i, agg in enumerate(self.aggs.values()):
+            nonnull = s.nonnull[i]
+            if nonnull is None:
+                continue
+            sums = s.sums[i]
+            for slot, value, dw in zip(slots, d.column(agg.column).to_pylist(), w, strict=True):
+                if value is not None:
+                    nonnull[slot] += dw
+                    if sums is not None:
+                        sums[slot] += value * dw
+        gone = [j for j in changed if rows[j] < 0]
+        if gone:
+            raise SchemaError(f"group_by state went negative for {len(gone)} groups: a change deleted rows that "
+                              f"were never inserted")
+        minus, plus = [], []
+        for j in changed:
+            old_n, old_values = before[j]
+            new_n, new_values = int(rows[j]), self._scalar_values(s, j)
+            if old_n > 0 and new_n > 0 and old_values == new_values:
+                continue
+            if old_n > 0:
+                minus.append((j, old_values))
+            if new_n > 0:
+                plus.append((j, new_values))
+        entries = minus + plus
+        if not entries:
+            return self._empty()
+        n_keys = len(self.keys)
+        cols = []
+        for i, k in enumerate(self.keys):
+            keys = [s.keys[j] for j, _ in entries]
+            cols.append(pa.array(keys if n_keys == 1 else [key[i] for key in keys], self.schema.field(k).type))
+        for i in range(len(self.aggs)):
+            cols.append(pa.array([values[i] for _, values in entries], self.schema.field(n_keys + i).type))
+        cols.append(pa.array([-1] * len(minus) + [1] * len(plus), pa.int64()))
+        return pa.Table.from_arrays(cols, schema=self._empty().schema)
+
+    def _scalar_values(self, s: _GroupState, j: int) -> tuple:
+        """Group ``j``'s aggregates as Python values (count/sum/avg only), as ``_values``."""
+        out = []
+        for i, agg in enumerate(self.aggs.values()):
+            if agg.func == "count":
+                out.append(int(s.rows[j] if agg.column is None else s.nonnull[i][j]))
+                continue
+            n = int(s.nonnull[i][j])
+            if n == 0:
+                out.append(None)
+            elif agg.func == "avg":
+                out.append(float(s.sums[i][j] / n))
+            else:
+                out.append(s.sums[i][j].item())
+        return tuple(out)
 
     def _empty(self) -> pa.Table:
         e = self.__dict__.get("_empty_delta")
