@@ -25,7 +25,8 @@ Workload (one seed, the same data for every contender):
 
 udrflow (durability "sync", the default: every commit is fsynced before it is acknowledged):
 
-(a) pipelined: the views run in the background (``view.run()``); the main thread commits the
+(a) pipelined: the views run in the background (``db.views.run()``: both in one thread, each
+    round's results of both in one commit); the main thread commits the
     updates back to back; timed from the start of the first commit until both views' ``reached``
     is at or past the last commit's version (the view's result commit is then in the log and
     visible to ``read``). updates/s = updates / that time. Target input.
@@ -108,16 +109,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import udrflow  # noqa: E402
-from udrflow.views import View, sum_  # noqa: E402
+from udrflow.views import sum_  # noqa: E402
 
-FACT_SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False), ("k", pa.int64()), ("v", pa.int64())])
-DIM_SCHEMA = pa.schema([pa.field("k", pa.int64(), nullable=False), ("cat", pa.int64())])
+# k and cat are declared NOT NULL (the workload has no nulls): a group-by on NOT NULL keys gets
+# a view table keyed by them (nullable keys give a table without a key, see docs/views.md).
+FACT_SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("k", pa.int64(), nullable=False),
+                         ("v", pa.int64())])
+DIM_SCHEMA = pa.schema([pa.field("k", pa.int64(), nullable=False), pa.field("cat", pa.int64(), nullable=False)])
 KEYS = 10_000
 CATS = 100
 V_MAX = 99
 SEED = 6
 LATENCY_PAUSE_S = 0.010
-POLL_S = 0.00005
 WAIT_TIMEOUT_S = 900.0
 PATHWAY_DIR = ROOT / "benchmarks" / ".venv-pathway"
 PATHWAY_SCRIPT = ROOT / "benchmarks" / "_ivm_pathway.py"
@@ -245,23 +248,22 @@ def open_loaded(path: str, w: Workload) -> tuple[udrflow.Database, dict]:
 
 
 def wait_reached(views, version: int, timeout_s: float = WAIT_TIMEOUT_S) -> list[float]:
-    """Poll until every view's ``reached`` >= version; the perf_counter time each got there."""
-    at: list[float | None] = [None] * len(views)
+    """Wait until every view's ``reached`` >= version (``view.wait_for``: woken by the view's
+    commit, no polling); the perf_counter time each got there. Views are waited for in turn, so
+    a view that got there while an earlier one was waited for is stamped when that wait ended
+    (an upper bound; "both", the later of the two, is exact)."""
+    at: list[float] = []
     deadline = time.perf_counter() + timeout_s
-    while True:
-        now = time.perf_counter()
-        for i, v in enumerate(views):
-            if at[i] is None and v.reached >= version:
-                at[i] = now
-        if all(a is not None for a in at):
-            return at  # type: ignore[return-value]
-        for v in views:
-            if v.error is not None:
-                raise RuntimeError(f"view {v.name} failed in the background") from v.error
-        if now > deadline:
+    for v in views:
+        try:
+            ok = v.wait_for(version, timeout_s=max(0.0, deadline - time.perf_counter()))
+        except BaseException as exc:
+            raise RuntimeError(f"view {v.name} failed in the background") from exc
+        if not ok:
             raise TimeoutError(f"views did not reach version {version} in {timeout_s:.0f} s: "
-                               f"{[(v.name, v.reached) for v in views]}")
-        time.sleep(POLL_S)
+                               f"{[(w.name, w.reached) for w in views]}")
+        at.append(time.perf_counter())
+    return at
 
 
 def check_views(db: udrflow.Database, w: Workload, k: np.ndarray, v: np.ndarray, label: str) -> dict:
@@ -311,8 +313,7 @@ def pipelined_updates(db: udrflow.Database, views, w: Workload, writer_prof: cPr
     """(a): start the views, commit every update back to back, wait until both views reflect
     the last one."""
     commits = w.commit_tables()
-    for view in views:
-        view.run()
+    db.views.run()  # both views in one thread: one commit per round for both
     wait_reached(views, db.version)
     time.sleep(0.2)
     gc.collect()
@@ -457,8 +458,7 @@ def latency_durability_none(db: udrflow.Database, path: str, w: Workload) -> dic
     db = udrflow.open(path, durability="none")
     try:
         views = [db.views["v1"], db.views["v2"]]
-        for view in views:
-            view.run()
+        db.views.run()  # both views in one thread: one commit per round for both
         wait_reached(views, max(v.position for v in views))
         time.sleep(0.2)
         out = udrflow_latency(db, views, w)
@@ -682,29 +682,28 @@ def profile_run(scratch: Scratch, w: Workload, directory: Path) -> dict:
         out["pipelined_correctness"] = check_views(db, w, w.after_k, w.after_v, "profile, pipelined")
 
         events: dict[str, list] = {v.name: [] for v in views}
-        original_next = view_module._ViewPartition.next_batch
+        original_poll = view_module._ViewReader.poll
+        original_commit = view_module._commit_views
 
-        def next_batch(self):
-            batch = original_next(self)
+        def poll(self):
+            batch = original_poll(self)
             if batch:
                 events[self._view.name].append(("source", time.perf_counter(), batch[0][0]))
             return batch
 
-        view_module._ViewPartition.next_batch = next_batch
-        for view in views:
-            original_commit = view._commit
+        def commit_views(db_, entries):
+            t = time.perf_counter()
+            original_commit(db_, entries)
+            done = time.perf_counter()
+            for view, version, _delta, _force in entries:
+                events[view.name].append(("sink", t, version, done))
 
-            def commit(version, delta, force=False, original=original_commit, name=view.name):
-                t = time.perf_counter()
-                original(version, delta, force)
-                events[name].append(("sink", t, version, time.perf_counter()))
-
-            view._commit = commit
+        view_module._ViewReader.poll = poll
+        view_module._commit_views = commit_views
         # First half of the samples: the timeline only (no profiler distorting it).
         half = len(w.lat_id) // 2
         trace: list = []
-        for view in views:
-            view.run()
+        db.views.run()  # both views in one thread: one commit per round for both
         wait_reached(views, db.version)
         time.sleep(0.2)
         lat = udrflow_latency(db, views, w, trace=trace, samples=range(0, half))
@@ -716,8 +715,7 @@ def profile_run(scratch: Scratch, w: Workload, directory: Path) -> dict:
         profiles = profile_threads(views)
         profiles["writer"] = cProfile.Profile()
         trace = []
-        for view in views:
-            view.run()
+        db.views.run()  # both views in one thread: one commit per round for both
         wait_reached(views, db.version)
         time.sleep(0.2)
         profiles["writer"].enable()
@@ -725,7 +723,8 @@ def profile_run(scratch: Scratch, w: Workload, directory: Path) -> dict:
         profiles["writer"].disable()
         for view in views:
             view.stop()
-        view_module._ViewPartition.next_batch = original_next
+        view_module._ViewReader.poll = original_poll
+        view_module._commit_views = original_commit
         print("######## (c) latency: cProfile of each view thread and of the writer ########")
         out["latency_profiles"] = save_profiles(profiles, directory, "latency")
         out["latency_profiled"] = {k: v for k, v in lat.items() if not k.endswith("_s")}
@@ -741,22 +740,23 @@ def profile_run(scratch: Scratch, w: Workload, directory: Path) -> dict:
 
 
 def profile_threads(views) -> dict[str, cProfile.Profile]:
-    """A profiler per view, enabled in the view's thread for the whole run (View.run starts its
-    thread on ``self._run_forever``: an instance attribute replaces it)."""
-    profiles = {}
-    for view in views:
-        prof = profiles[view.name] = cProfile.Profile()
-        inner = View._run_forever.__get__(view)
+    """A profiler enabled in the views' thread (``db.views.run()`` runs both in one thread, on
+    ``_Group._run``: patched for the next start)."""
+    import udrflow.views._view as view_module
 
-        def wrapped(inner=inner, prof=prof) -> None:
-            prof.enable()
-            try:
-                inner()
-            finally:
-                prof.disable()
+    prof = cProfile.Profile()
+    inner = view_module._Group._run
 
-        view._run_forever = wrapped
-    return profiles
+    def wrapped(self) -> None:
+        view_module._Group._run = inner  # only the next start is profiled
+        prof.enable()
+        try:
+            inner(self)
+        finally:
+            prof.disable()
+
+    view_module._Group._run = wrapped
+    return {"views": prof}
 
 
 def latency_timeline(trace: list, events: dict[str, list]) -> dict:
@@ -973,14 +973,14 @@ def main(argv: list[str] | None = None) -> int:
             "updates": f"{sizes.commits} commits x {sizes.commit_rows:,} upserts of existing ids (drawn without "
                        f"replacement per commit), new k and v: every update is -old/+new for both views",
             "views": "V1 = sum(v) by k; V2 = sum(v) by cat over f JOIN dim ON k",
-            "udrflow_pipelined": "views running (view.run()); time from the start of the first commit until both "
+            "udrflow_pipelined": "views running (db.views.run(): both in one thread); time from the start of the first commit until both "
                                  "views' reached >= the last commit's version (result committed, visible to read); "
                                  "durability sync",
             "udrflow_catchup": "separate database; commits first (writer alone), then view.refresh() of v1 and of "
                                "v2, timed; updates / (refresh v1 + refresh v2)",
             "latency": f"views running, {sizes.state_rows:,} rows of state; single-row db.upsert of an existing id "
                        f"(new k, new v != old v), {LATENCY_PAUSE_S * 1e3:.0f} ms apart; from before db.upsert to "
-                       f"view.reached >= its version (polled every ~{POLL_S * 1e6:.0f} us); 'both' = the later "
+                       f"view.reached >= its version (view.wait_for, woken by the view's commit); 'both' = the later "
                        f"of the two views; every sample's changed groups checked with db.read afterwards",
             "datafusion_recompute": "Arrow table state; per commit: vectorized upsert (is_in filter + concat), "
                                     "register, run both view queries, collect; timed in total (upsert included)",

@@ -35,6 +35,7 @@ import udrflow
 from udrflow._commit import decode_header
 from udrflow.errors import SchemaError, TableExistsError, TableNotFoundError, UsageError
 from udrflow.views import avg, col, count, count_distinct, max_, min_, sum_
+from udrflow.views._view import GROUP_DIR_PREFIX
 
 FACTS, DIM, EVENTS = "facts", "dim", "events"
 SCHEMAS = {
@@ -325,7 +326,8 @@ class Harness:
                 assert iv > self.last_input[name], (
                     f"{where}: view {name} committed input version {iv} at version {v} after {self.last_input[name]}")
                 if iv:
-                    assert commit_meta(db, v) == {"view": name, "input_version": iv}
+                    meta = commit_meta(db, v)  # one view's commit, or several views' run together
+                    assert meta == {"view": name, "input_version": iv} or meta.get("views", {}).get(name) == iv, meta
                 self.last_input[name] = iv
                 self.seen.append((name, v, iv))
                 assert_same_rows(db.read(name, version=v), self.expect(name, iv),
@@ -349,13 +351,16 @@ class Harness:
         """Close the database and open it again: each view continues from its registry row and its Bytewax
         recovery store (``wipe``: views whose store is deleted in between, so they rebuild by backfill)."""
         positions = {name: view.position for name, view in self.views.items()}
+        groups = Path(self.path) / "views" / "main" / GROUP_DIR_PREFIX  # stores of views run together
         for name, position in positions.items():  # a view created with refresh=False has not run yet
             if position:
-                assert (Path(self.path) / "views" / "main" / name / "recovery").is_dir(), \
+                assert (Path(self.path) / "views" / "main" / name / "recovery").is_dir() or groups.is_dir(), \
                     f"{name} has no recovery store"
         self.db.close()
         for name in wipe:
             shutil.rmtree(Path(self.path) / "views" / "main" / name / "recovery", ignore_errors=True)
+        if wipe:
+            shutil.rmtree(groups, ignore_errors=True)
         self.db = udrflow.open(self.path, durability=DURABILITY)
         assert sorted(self.db.views.names()) == sorted(self.views)
         self.views = {name: self.db.views[name] for name in self.views}
@@ -474,7 +479,8 @@ def check_view(db, name: str) -> list[tuple[int, int]]:
     assert ivs == sorted(set(ivs)), f"{name}: input versions of its commits {ivs} are not strictly increasing"
     for v, iv in commits:
         if iv:
-            assert commit_meta(db, v) == {"view": name, "input_version": iv}
+            meta = commit_meta(db, v)  # one view's commit, or several views' run together
+            assert meta == {"view": name, "input_version": iv} or meta.get("views", {}).get(name) == iv, meta
             assert_same_rows(db.read(name, version=v), view.batch(iv), f"{name} at version {v} (input {iv})")
     assert_same_rows(db.read(name), view.batch(view.position), f"{name} at the head")
     return commits
@@ -674,6 +680,57 @@ def test_running_views_follow_a_writer_thread(tmp_path):
     finally:
         db.views.stop()
         db.close()
+
+
+def test_views_run_together_commit_once_per_round_and_continue_from_live_state(tmp_path, monkeypatch):
+    """db.views.run(): one thread for all views, each round's results of every view in one commit;
+    starting after refresh() continues from the operator state in memory (no rebuild from the
+    inputs); dropping one view keeps the others running; a reopen continues from the stores."""
+    import udrflow.views._view as view_module
+
+    backfills = []
+    original = view_module._ViewReader._backfill
+    monkeypatch.setattr(view_module._ViewReader, "_backfill",
+                        lambda self: backfills.append(self.key) or original(self))
+    db = open_db(tmp_path / "db")
+    names = ["agg_g", "j_in", "dist"]
+    try:
+        create_tables(db)
+        db.insert(DIM, DIM_ROWS)
+        db.insert(FACTS, [fact(i) for i in range(12)])
+        for name in names:
+            db.create_view(name, SHAPES[name][0](db))
+        assert len(backfills) == len(names)  # each create_view's refresh built its state once
+        db.views.run()
+        for i in range(12):
+            db.upsert(FACTS, [fact(i, x=100 + i, k=i % 4)])
+        for name in names:
+            assert db.views[name].wait_for(_last_input(db)), name
+        assert len(backfills) == len(names), "starting the group rebuilt state it had in memory"
+        together = [m for m in (commit_meta(db, v) for v in range(1, db.version + 1)) if "views" in m]
+        assert together and all(set(m["views"]) <= set(names) for m in together), together
+        db.drop_view("dist")
+        assert db.views["agg_g"].running and db.views["j_in"].running
+        db.upsert(FACTS, [fact(3, x=-5, k=2)])
+        for name in ("agg_g", "j_in"):
+            assert db.views[name].wait_for(_last_input(db)), name
+            check_view(db, name)
+        db.views.stop()
+        db.close()
+        db = open_db(tmp_path / "db")
+        db.upsert(FACTS, [fact(4, x=-7, k=1)])
+        db.views.refresh()
+        for name in ("agg_g", "j_in"):
+            check_view(db, name)
+    finally:
+        db.views.stop()
+        db.close()
+
+
+def _last_input(db) -> int:
+    """The version of the last commit to the input tables (views' own commits come after it)."""
+    return max(v for v in range(1, db.version + 1) if "views" not in commit_meta(db, v)
+               and "view" not in commit_meta(db, v))
 
 
 # ---- 4. lifecycle, registry and errors ----------------------------------------------------------------------

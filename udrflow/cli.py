@@ -298,8 +298,7 @@ def cmd_views(args) -> int:
             import time
 
             views = [db.views[n] for n in names]
-            for v in views:
-                v.run()
+            db.views.run(names)  # one thread, one commit per round for all of them
             print(f"maintaining {', '.join(names)} (Ctrl-C to stop)", file=sys.stderr)
             try:
                 while True:

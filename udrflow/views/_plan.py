@@ -789,7 +789,10 @@ class Join(Stream):
         self.on = on
         self.how = how
         self.right_rest = [n for n in right.schema.names if n not in on]
-        fields = list(left.schema) + [right.schema.field(n).with_nullable(True) for n in self.right_rest]
+        # A left join pads unmatched rows with nulls; an inner join keeps the right side's
+        # nullability (so a group-by on a NOT NULL right column can key the view's table).
+        fields = list(left.schema) + [right.schema.field(n).with_nullable(True) if how == "left"
+                                      else right.schema.field(n) for n in self.right_rest]
         self.schema = pa.schema(fields)
 
     def _state(self, state):

@@ -8,13 +8,16 @@ writes the changed rows and that registry row together, and records the same
 ``input_version`` in the commit's metadata: the table at any version reflects its inputs
 at exactly one version, and a restart knows where it stands.
 
-The dataflow (one per view) is::
+The dataflow (one per run: one view's ``run()``/``refresh()``, or all the views started
+together by ``db.views.run()``) is::
 
-    ViewSource (log -> one item per step: input version + each input's change batch)
-      -> stateful_map (the whole operator tree; a step is batch-at-a-time Arrow work)
-      -> ViewSink (one commit per step, skipping steps at or below the recorded input_version)
+    ViewSource (log -> per view and step: (view key, (input version, each input's change batch)))
+      -> stateful_map (keyed by view: the view's whole operator tree; batch-at-a-time Arrow work)
+      -> ViewSink (one commit per round for every view with results, skipping steps at or
+         below each view's recorded input_version)
 
-With Bytewax recovery (a recovery store under ``<db>/views/<name>/``), a restart resumes
+With Bytewax recovery (a recovery store under ``<db>/views/<branch>/<name>/``, or one per
+set of views run together), a restart resumes
 the operator state and the source position from the last snapshot and replays only the
 log after it; the sink drops what was already committed, so every input version is
 reflected exactly once. Without a snapshot (first run, or a lost recovery store), the
@@ -24,6 +27,7 @@ source backfills: it reads the inputs at the starting version as one +1 change b
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import pickle
 import shutil
@@ -51,6 +55,7 @@ from udrflow.views._plan import (
     Stream,
     W,
     batch_evaluate,
+    consolidate,
     empty_delta,
     expand,
     from_json,
@@ -68,7 +73,10 @@ REGISTRY_SCHEMA = pa.schema([
 VIEW_VERSIONS_PER_STEP_MAX = 4096   # input versions folded into one step (bounds a step's memory)
 VIEW_IDLE_WAKE_MS = 1               # how soon an idle view source looks at the log again (read-only)
 VIEW_IDLE_WAIT_S = 0.005            # how long an idle view source waits for a commit in one call
-VIEW_EPOCH_INTERVAL_S = 5.0         # Bytewax snapshot interval in the long-running mode
+GROUP_DIR_PREFIX = "__udrflow_groups"  # recovery stores of views run together (no view has this name)
+VIEW_EPOCH_INTERVAL_S = 30.0        # Bytewax snapshot interval in the long-running mode: a snapshot
+                                    # pickles and stores the whole state (a join side: all its rows),
+                                    # and a restart replays at most this much log
 PROGRESS_VERSIONS_MIN = 1000        # record progress without result changes at most this often
 
 
@@ -88,13 +96,19 @@ class View:
         self.definition = definition
         self.created = created
         self._nodes = number_nodes(definition)
-        self._thread: threading.Thread | None = None
+        self._group: _Group | None = None  # the background run maintaining it, if any
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.error: BaseException | None = None
         self._row: dict | None = None
         self._progress = None
-        self.reached = self.position  # input version reached in this process
+        self._reached_changed = threading.Condition()
+        self._reached = self.position  # input version reached in this process
+        # The operator state after the last step of a run in this process, and that step's
+        # input version: a later run (another set of views, another recovery store) continues
+        # from it instead of rebuilding the state from the inputs. Dropped when a run fails.
+        self._live: tuple[ViewState, int] | None = None
+        self._adopt: ViewState | None = None
 
     # ---- positions ---------------------------------------------------------------------
 
@@ -134,7 +148,7 @@ class View:
         ``progress(reached, target)``, if given, is called after each step (the CLI's
         progress display uses it)."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self.running:
                 raise UsageError(f"view {self.name!r} is running in the background: refresh() is not needed")
             target = self._db.version
             # A stop() since the last run leaves the flag set: the source would end at once,
@@ -142,117 +156,89 @@ class View:
             self._stop.clear()
             self._progress = None if progress is None else (lambda reached: progress(reached, target))
             try:
-                self._run_dataflow(until=target, epoch_interval_s=None)
+                _run_dataflow([self], until=target, epoch_interval_s=None)
                 self._record_progress(target)
             finally:
                 self._progress = None
             return self.reached
 
     def run(self) -> None:
-        """Keep the view current in a background thread until ``stop()``."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stop.clear()
-            self.error = None
-            self._thread = threading.Thread(target=self._run_forever, name=f"udrflow-view-{self.name}", daemon=True)
-            self._thread.start()
-
-    def _run_forever(self) -> None:
-        try:
-            self._run_dataflow(until=None, epoch_interval_s=VIEW_EPOCH_INTERVAL_S)
-        except BaseException as exc:  # surfaced by stop()/wait(); the thread has no caller
-            self.error = exc
+        """Keep the view current in a background thread of its own until ``stop()``
+        (``db.views.run()`` keeps several views current in one thread instead)."""
+        if not self.running:
+            _Group([self]).start()
 
     def stop(self, timeout_s: float | None = 30.0) -> None:
-        """Stop the background maintenance (if running); re-raise its error if it failed."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout_s)
-            self._thread = None
+        """Stop the background maintenance (if running; a view started by ``db.views.run()``
+        stops with the others of its thread); re-raise its error if it failed."""
+        group = self._group
+        if group is not None:
+            group.stop(timeout_s)
+        else:
+            self._stop.set()
         if self.error is not None:
             error, self.error = self.error, None
             raise error
 
+    @property
+    def reached(self) -> int:
+        """The input version the view reflects in this process (its table, as committed)."""
+        return self._reached
+
+    @reached.setter
+    def reached(self, version: int) -> None:
+        if version != self._reached:
+            with self._reached_changed:
+                self._reached = version
+                self._reached_changed.notify_all()
+
     def wait_for(self, input_version: int, timeout_s: float = 30.0) -> bool:
-        """Wait until the running view reflects ``input_version``; True if it does."""
+        """Wait until the running view reflects ``input_version``; True if it does. Woken by
+        the view's commit itself (no polling delay)."""
         import time
 
         deadline = time.monotonic() + timeout_s
-        while self.reached < input_version:
-            if self.error is not None:
-                raise self.error
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.0005)
+        with self._reached_changed:
+            while self._reached < input_version:
+                if self.error is not None:
+                    raise self.error
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                # Bounded: an error of the background run does not notify.
+                self._reached_changed.wait(min(remaining, 0.05))
         return True
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        group = self._group
+        return group is not None and group.thread is not None and group.thread.is_alive()
+
+    @property
+    def _key(self) -> str:
+        """Names the view's state and source position in a recovery store: a view dropped
+        and created again under the same name is another view."""
+        return f"{self.name}@{self.created}"
 
     def _recovery_dir(self) -> Path:
         # Per branch: a view maintained on a branch keeps its own state from the fork on.
         return Path(self._db.path) / "views" / str(self._db.branch) / self.name / "recovery"
 
-    def _run_dataflow(self, until: int | None, epoch_interval_s: float | None) -> None:
-        self._row = None  # the registry row, read once per run (only this view writes it)
-        rec = self._recovery_dir()
-        if not (rec / "part-0.sqlite3").exists():
-            rec.mkdir(parents=True, exist_ok=True)
-            init_db_dir(rec, 1)
-        flow = Dataflow(f"udrflow_view_{self.name}")
-        items = op.input("log", flow, _ViewSource(self, until))
-        keyed = op.key_on("one", items, lambda _item: "view")
-        results = op.stateful_map("ivm", keyed, self._step)
-        op.output("commit", results, _ViewSink(self))
-        try:
-            run_main(flow, epoch_interval=dt.timedelta(seconds=epoch_interval_s) if epoch_interval_s else None,
-                     recovery_config=RecoveryConfig(rec))
-        except BytewaxRuntimeError as exc:
-            # Bytewax wraps what our source, step or sink raised (TableNotFoundError, a map
-            # function's own error, ...) in one or more BytewaxRuntimeErrors: raise the original.
-            cause = exc
-            while isinstance(cause, BytewaxRuntimeError) and cause.__cause__ is not None:
-                cause = cause.__cause__
-            if cause is exc:
-                raise
-            cause.add_note(f"raised in the dataflow of view {self.name!r}: {exc}")
-            raise cause.with_traceback(cause.__traceback__) from None
-
     def _step(self, state, item):
         version, deltas = item
-        state = ViewState() if state is None else state
-        return state, (version, step_view(self.definition, state, deltas))
+        adopt, self._adopt = self._adopt, None
+        if adopt is not None:
+            state = adopt  # the reader chose to continue from the state an earlier run left
+        elif state is None:
+            state = ViewState()
+        out = step_view(self.definition, state, deltas)
+        self._live = (state, version)
+        return state, (version, out)
 
     # ---- writing results -----------------------------------------------------------------
 
     def _commit(self, version: int, delta: pa.Table, force: bool = False) -> None:
-        db = self._db
-        if self._row is None:
-            self._row = dict(registry_rows(db)[self.name])
-        recorded = int(self._row["input_version"])
-        if version <= recorded:
-            self.reached = max(self.reached, version)
-            return  # already reflected (a replay after a restart)
-        if delta.num_rows == 0 and not force and version - recorded < PROGRESS_VERSIONS_MIN:
-            self.reached = version
-            return
-        row = dict(self._row, input_version=version)
-        _view_writer.active = True
-        try:
-            with db.transaction() as tx:
-                if delta.num_rows:
-                    _apply(tx, self.name, self.definition.primary_key(), delta)
-                tx.upsert(REGISTRY, [row])
-                tx.meta = {"view": self.name, "input_version": version}
-        finally:
-            _view_writer.active = False
-        self._row = row
-        self.reached = version
-        if self._progress is not None:
-            self._progress(version)
+        _commit_views(self._db, [(self, version, delta, force)])
 
     def _record_progress(self, version: int) -> None:
         position = self.position
@@ -350,40 +336,218 @@ def _apply(tx, table: str, pk: list[str], delta: pa.Table) -> None:
             tx.insert(table, plus)
 
 
+def _commit_views(db, entries: list[tuple[View, int, pa.Table, bool]]) -> None:
+    """Commit the results of one or more views in one transaction: each view's changed rows
+    and its registry row (its new ``input_version``); the commit's metadata names them.
+    ``entries``: (view, input version reached, consolidated delta, force). A step at or below
+    a view's recorded position is dropped (a replay after a restart); an empty one is
+    committed only when forced or when the position has fallen far behind."""
+    todo = []
+    for view, version, delta, force in entries:
+        if view._row is None:
+            view._row = dict(registry_rows(db)[view.name])
+        recorded = int(view._row["input_version"])
+        if version <= recorded:
+            view.reached = max(view.reached, version)
+            continue
+        if delta.num_rows == 0 and not force and version - recorded < PROGRESS_VERSIONS_MIN:
+            view.reached = version
+            continue
+        todo.append((view, version, delta))
+    if not todo:
+        return
+    rows = [dict(view._row, input_version=version) for view, version, _ in todo]
+    _view_writer.active = True
+    try:
+        with db.transaction() as tx:
+            for view, _version, delta in todo:
+                if delta.num_rows:
+                    _apply(tx, view.name, view.definition.primary_key(), delta)
+            tx.upsert(REGISTRY, rows)
+            tx.meta = ({"view": todo[0][0].name, "input_version": todo[0][1]} if len(todo) == 1 else
+                       {"views": {view.name: version for view, version, _ in todo}})
+    finally:
+        _view_writer.active = False
+    for (view, version, _), row in zip(todo, rows, strict=True):
+        view._row = row
+        view.reached = version
+        if view._progress is not None:
+            view._progress(version)
+
+
 # ---- the dataflow's source and sink ------------------------------------------------------
 
 
+class _Group:
+    """Views kept current together by one background thread running one dataflow: one
+    source reads the log for all of them, each view's operator tree is its own keyed state,
+    and each round's results of every view go into one commit (one fsync for all)."""
+
+    def __init__(self, views: list[View]) -> None:
+        self.views = views
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        for v in self.views:
+            v._stop.clear()
+            v.error = None
+            v._group = self
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"udrflow-views-{','.join(v.name for v in self.views)}"[:60])
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            _run_dataflow(self.views, until=None, epoch_interval_s=VIEW_EPOCH_INTERVAL_S)
+        except BaseException as exc:  # surfaced by stop()/wait_for(); the thread has no caller
+            for v in self.views:
+                v.error = exc
+
+    def stop(self, timeout_s: float | None = 30.0) -> None:
+        for v in self.views:
+            v._stop.set()
+        thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+        for v in self.views:
+            if v._group is self:
+                v._group = None
+
+
+def _group_recovery_dir(views: list[View]) -> Path:
+    """One view: its own store. Several: a store named after the set of views (a different
+    set starts from their recorded positions, rebuilding state once)."""
+    if len(views) == 1:
+        return views[0]._recovery_dir()
+    db = views[0]._db
+    tag = hashlib.blake2b("\n".join(sorted(v._key for v in views)).encode(), digest_size=8).hexdigest()
+    return Path(db.path) / "views" / str(db.branch) / GROUP_DIR_PREFIX / tag / "recovery"
+
+
+def _run_dataflow(views: list[View], until: int | None, epoch_interval_s: float | None) -> None:
+    """Run the dataflow maintaining ``views`` until ``until`` (None: until they are stopped)."""
+    for v in views:
+        v._row = None  # the registry row, read once per run (only this view writes it)
+    rec = _group_recovery_dir(views)
+    if not (rec / "part-0.sqlite3").exists():
+        if len(views) > 1:  # stores of other sets of views are stale now
+            shutil.rmtree(rec.parent.parent, ignore_errors=True)
+        rec.mkdir(parents=True, exist_ok=True)
+        init_db_dir(rec, 1)
+    by_key = {v._key: v for v in views}
+    flow = Dataflow("udrflow_views")
+    items = op.input("log", flow, _ViewSource(views, until))
+
+    def step(state, item):  # Bytewax passes the value only: it carries its view's key
+        key, version, deltas = item
+        return by_key[key]._step(state, (version, deltas))
+
+    results = op.stateful_map("ivm", items, step)
+    op.output("commit", results, _ViewSink(by_key))
+    try:
+        run_main(flow, epoch_interval=dt.timedelta(seconds=epoch_interval_s) if epoch_interval_s else None,
+                 recovery_config=RecoveryConfig(rec))
+    except BaseException as exc:
+        for v in views:  # a step may have failed half-way through its state
+            v._live = v._adopt = None
+        if not isinstance(exc, BytewaxRuntimeError):
+            raise
+        # Bytewax wraps what our source, step or sink raised (TableNotFoundError, a map
+        # function's own error, ...) in one or more BytewaxRuntimeErrors: raise the original.
+        cause = exc
+        while isinstance(cause, BytewaxRuntimeError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is exc:
+            raise
+        names = ", ".join(repr(v.name) for v in views)
+        cause.add_note(f"raised in the dataflow of view{'s' if len(views) > 1 else ''} {names}: {exc}")
+        raise cause.with_traceback(cause.__traceback__) from None
+
+
 class _ViewSource(FixedPartitionedSource):
-    def __init__(self, view: View, until: int | None) -> None:
-        self._view = view
+    """One partition for all the views of a run; its items are ``(view key, (input
+    version, {table: change batch}))``, which is also the key Bytewax keeps state by."""
+
+    def __init__(self, views: list[View], until: int | None) -> None:
+        self._views = views
         self._until = until
 
     def list_parts(self) -> list[str]:
-        return ["log"]
+        return ["views"]
 
     def build_part(self, step_id: str, for_part: str, resume_state):
-        return _ViewPartition(self._view, self._until, resume_state)
+        positions = resume_state if isinstance(resume_state, dict) else {}
+        return _GroupPartition([_ViewReader(v, self._until, positions.get(v._key)) for v in self._views])
 
 
-class _ViewPartition(StatefulSourcePartition):
+class _GroupPartition(StatefulSourcePartition):
+    def __init__(self, readers: list[_ViewReader]) -> None:
+        self._readers = readers
+        self._engine = readers[0]._engine
+
+    def next_batch(self):
+        readers = [r for r in self._readers if not r.done()]
+        if not readers:
+            raise StopIteration
+        engine = self._engine
+        seen = engine.log.version  # before polling: a commit landing during the poll ends the wait
+        out = self._poll(readers)
+        if out:
+            return out
+        if not engine.log.readonly:
+            # In the writing process a commit wakes this at once (a condition variable), so
+            # the views see a commit without a polling delay; the short bound keeps the
+            # worker responsive to stop(). (Returning no items would cost Bytewax's 1 ms
+            # back-off before the next call.)
+            if engine.log.wait_for(seen + 1, VIEW_IDLE_WAIT_S):
+                out = self._poll([r for r in readers if not r.done()])
+        return out
+
+    @staticmethod
+    def _poll(readers: list[_ViewReader]) -> list:
+        out = []
+        for r in readers:
+            out.extend((r.key, (r.key, *item)) for item in r.poll())
+        return out
+
+    def next_awake(self):
+        if not self._engine.log.readonly:
+            return None
+        return utc_now() + dt.timedelta(milliseconds=VIEW_IDLE_WAKE_MS)
+
+    def snapshot(self):
+        return {r.key: r.snapshot() for r in self._readers}
+
+
+class _ViewReader:
+    """One view's side of the source: its position, its backfill, its replay alignment."""
+
     def __init__(self, view: View, until: int | None, resume_state: int | None) -> None:
         self._view = view
+        self.key = view._key
         self._db = view._db
         self._engine = view._db._engine()
         self._until = until
         self._sources = {n.table: n for n in view._nodes if isinstance(n, Source)}
-        self._idle = False
-        if resume_state is None:
-            # No snapshot: rebuild the state from the inputs at a version the view's table
-            # already reflects (or, for a new view, at the head), as one +1 change batch.
-            self._position = None
-        else:
-            self._position = int(resume_state)
+        # No snapshot: continue from the state an earlier run in this process left, if that is
+        # newer; else rebuild the state from the inputs at a version the view's table already
+        # reflects (or, for a new view, at the head), as one +1 change batch.
+        self._position = None if resume_state is None else int(resume_state)
+        live = view._live
+        view._adopt = None
+        self._adopting = live is not None and (self._position is None or live[1] > self._position)
+        if self._adopting:
+            view._adopt, self._position = live
         # A snapshot older than the recorded position (the last run committed steps after its
         # last snapshot, then died): replay up to that position as steps of their own, which
         # the sink drops, so that no step folds committed and new versions together.
         self._replay_to = view.position
         self._emitted = 0  # the last input version emitted as a step
+
+    def done(self) -> bool:
+        if self._view._stop.is_set():
+            return True
+        return self._until is not None and self._position is not None and self._position >= self._until
 
     def _backfill(self):
         recorded = self._view.position
@@ -398,25 +562,20 @@ class _ViewPartition(StatefulSourcePartition):
         self._emitted = at
         return [(at, deltas)]
 
-    def next_batch(self):
-        if self._view._stop.is_set():
-            raise StopIteration
+    def poll(self) -> list:
+        """The next step's item, if the log has moved past this view's position (no waiting)."""
         if self._position is None:
             return self._backfill()
-        if self._until is not None and self._position >= self._until:
-            raise StopIteration
+        if self._adopting:
+            # A first, empty step hands the adopted state to the stateful map, so that this
+            # run's snapshots hold it along with the position.
+            self._adopting = False
+            self._emitted = self._position
+            return [(self._position, {})]
         engine = self._engine
         upto = self._upto()
-        if upto <= self._position and not engine.log.readonly:
-            # In the writing process a commit wakes this at once (a condition variable), so
-            # a view sees a commit without a polling delay; the short bound keeps the worker
-            # responsive to stop(). (Returning no items would cost Bytewax's 1 ms back-off.)
-            if engine.log.wait_for(self._position + 1, VIEW_IDLE_WAIT_S):
-                upto = self._upto()
         if upto <= self._position:
-            self._idle = engine.log.readonly
             return []
-        self._idle = False
         parts: dict[str, list[pa.Table]] = {}
         for batch in read_changes(engine, set(self._sources), self._position, upto):
             if batch.kind == "drop_table":
@@ -434,16 +593,15 @@ class _ViewPartition(StatefulSourcePartition):
             parts.setdefault(batch.table, []).append(rows.append_column(_W_FIELD, w))
         self._position = upto
         view = self._view
-        for table, p in parts.items():
-            parts[table] = p[0] if len(p) == 1 else pa.concat_tables(p)
-        if not parts and view.reached >= self._emitted and upto > self._replay_to:
+        deltas = {table: p[0] if len(p) == 1 else pa.concat_tables(p) for table, p in parts.items()}
+        if not deltas and view.reached >= self._emitted and upto > self._replay_to:
             # Nothing the view reads changed (e.g. another view's result commit), and every
             # step emitted so far is committed: the view reflects ``upto`` as it is, with no
             # step through the dataflow and no commit (the sink would make none either).
             view.reached = max(view.reached, upto)
             return []
         self._emitted = upto
-        return [(upto, parts)]
+        return [(upto, deltas)]
 
     def _upto(self) -> int:
         engine = self._engine
@@ -455,45 +613,44 @@ class _ViewPartition(StatefulSourcePartition):
             upto = self._replay_to
         return upto
 
-    def next_awake(self):
-        if not self._idle:
-            return None
-        return utc_now() + dt.timedelta(milliseconds=VIEW_IDLE_WAKE_MS)
-
     def snapshot(self):
         return self._position
 
 
 class _ViewSink(DynamicSink):
-    def __init__(self, view: View) -> None:
-        self._view = view
+    def __init__(self, views: dict[str, View]) -> None:
+        self._views = views
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ViewSinkPartition:
-        return _ViewSinkPartition(self._view)
+        return _ViewSinkPartition(self._views)
 
 
 class _ViewSinkPartition(StatelessSinkPartition):
-    def __init__(self, view: View) -> None:
-        self._view = view
+    def __init__(self, views: dict[str, View]) -> None:
+        self._views = views
 
     def write_batch(self, items) -> None:
-        # Several steps arrived together: one commit reflecting the last of them.
-        steps = [step for _key, step in items]
-        version = max(v for v, _d in steps)
-        # Steps at or below the recorded position were committed before a restart: drop them
-        # before folding the rest into one commit (else their changes would apply twice).
-        view = self._view
-        if view._row is None:
-            view._row = dict(registry_rows(view._db)[view.name])
-        steps = [(v, d) for v, d in steps if v > int(view._row["input_version"])]
-        deltas = [d for _v, d in steps if d.num_rows]
-        if len(deltas) > 1:
-            from udrflow.views._plan import consolidate
-
-            delta = consolidate(pa.concat_tables(deltas))
-        else:
-            delta = deltas[0] if deltas else empty_delta(self._view.definition.schema)
-        self._view._commit(version, delta)
+        # Several steps arrived together: per view, one change reflecting the last of them;
+        # all views' changes in one commit.
+        steps: dict[str, list] = {}
+        for key, step in items:
+            steps.setdefault(key, []).append(step)
+        entries = []
+        for key, mine in steps.items():
+            view = self._views[key]
+            version = max(v for v, _d in mine)
+            # Steps at or below the recorded position were committed before a restart: drop
+            # them before folding the rest into one change (else they would apply twice).
+            if view._row is None:
+                view._row = dict(registry_rows(view._db)[view.name])
+            recorded = int(view._row["input_version"])
+            deltas = [d for v, d in mine if v > recorded and d.num_rows]
+            if len(deltas) > 1:
+                delta = consolidate(pa.concat_tables(deltas))
+            else:
+                delta = deltas[0] if deltas else empty_delta(view.definition.schema)
+            entries.append((view, version, delta, False))
+        _commit_views(next(iter(self._views.values()))._db, entries)
 
 
 # ---- the registry: create, list, drop ----------------------------------------------------
@@ -563,13 +720,25 @@ class Views:
     def refresh(self) -> dict[str, int]:
         return {v.name: v.refresh() for v in self.ordered()}
 
-    def run(self) -> None:
-        for v in self.ordered():
-            v.run()
+    def run(self, names: list[str] | None = None) -> None:
+        """Keep the views (all, or those named) that are not running yet current, together in
+        one background thread: one source reads the log for all of them and each round's
+        results go into one commit. ``stop()`` on any of them stops them all."""
+        wanted = None if names is None else {self[n].name for n in names}
+        views = [v for v in self.ordered() if not v.running and (wanted is None or v.name in wanted)]
+        if views:
+            _Group(views).start()
 
     def stop(self) -> None:
-        for v in self._open.values():
-            v.stop()
+        """Stop every running view; re-raise the first error any of them failed with."""
+        first = None
+        for v in list(self._open.values()):
+            try:
+                v.stop()
+            except BaseException as exc:  # stop the others before raising
+                first = first or exc
+        if first is not None:
+            raise first
 
     def create(self, name: str, definition: Stream, *, refresh: bool = True) -> View:
         db = self._db
@@ -607,7 +776,9 @@ class Views:
 
     def drop(self, name: str) -> int:
         view = self[name]
-        view.stop()
+        group = view._group
+        others = [] if group is None else [v for v in group.views if v is not view]
+        view.stop()  # a view run together with others stops them too: they restart below
         db = self._db
         _view_writer.active = True
         try:
@@ -619,4 +790,6 @@ class Views:
             _view_writer.active = False
         self._open.pop(name, None)
         shutil.rmtree(Path(db.path) / "views" / str(db.branch) / name, ignore_errors=True)
+        if others:
+            _Group(others).start()
         return tx.version
