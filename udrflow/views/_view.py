@@ -304,18 +304,25 @@ def _keys_of(table: pa.Table, pk: list[str]) -> list:
 
 
 def _apply(tx, table: str, pk: list[str], delta: pa.Table) -> None:
-    plus, minus = expand(delta)
-    if pk and plus.num_rows + minus.num_rows <= PY_ROWS_MAX:
+    if pk and delta.num_rows <= PY_ROWS_MAX:
         # A small change (the common case of a view kept current): as Python rows it takes
-        # the small-commit path (no Arrow encoding of the commit), about half the CPU.
-        rows = plus.to_pylist()
-        kept = {tuple(r[k] for k in pk) for r in rows}
-        gone = [k for k in dict.fromkeys(zip(*(minus.column(k).to_pylist() for k in pk), strict=True)) if k not in kept]
+        # the small-commit path (no Arrow encoding of the commit), about half the CPU. A keyed
+        # view's delta is consolidated: at most one -1 and one +1 row per key.
+        rows, gone = [], {}
+        for r in delta.to_pylist():
+            w = r.pop(W)
+            if w > 0:
+                rows.append(r)
+            elif w < 0:
+                gone[tuple(r[k] for k in pk)] = None
+        for r in rows:
+            gone.pop(tuple(r[k] for k in pk), None)  # updated in place: upserted, not deleted
         if gone:
             tx.delete(table, keys=[dict(zip(pk, k, strict=True)) for k in gone])
         if rows:
             tx.upsert(table, rows)
         return
+    plus, minus = expand(delta)
     if pk:
         gone = minus.select(pk)
         if plus.num_rows and gone.num_rows:
@@ -484,6 +491,7 @@ class _GroupPartition(StatefulSourcePartition):
     def __init__(self, readers: list[_ViewReader]) -> None:
         self._readers = readers
         self._engine = readers[0]._engine
+        self._tables = set().union(*(r.tables for r in readers))
 
     def next_batch(self):
         readers = [r for r in self._readers if not r.done()]
@@ -503,11 +511,12 @@ class _GroupPartition(StatefulSourcePartition):
                 out = self._poll([r for r in readers if not r.done()])
         return out
 
-    @staticmethod
-    def _poll(readers: list[_ViewReader]) -> list:
+    def _poll(self, readers: list[_ViewReader]) -> list:
         out = []
+        shared: dict = {}  # (after, upto) -> the change batches of every table any view reads
+        tables = self._tables
         for r in readers:
-            out.extend((r.key, (r.key, *item)) for item in r.poll())
+            out.extend((r.key, (r.key, *item)) for item in r.poll(shared, tables))
         return out
 
     def next_awake(self):
@@ -562,8 +571,14 @@ class _ViewReader:
         self._emitted = at
         return [(at, deltas)]
 
-    def poll(self) -> list:
-        """The next step's item, if the log has moved past this view's position (no waiting)."""
+    @property
+    def tables(self) -> set[str]:
+        return set(self._sources)
+
+    def poll(self, shared: dict | None = None, tables: set[str] | None = None) -> list:
+        """The next step's item, if the log has moved past this view's position (no waiting).
+        ``shared``: change batches read by the other views of the group in this round, keyed by
+        range: views at the same position read (and decode) the log once, for ``tables``."""
         if self._position is None:
             return self._backfill()
         if self._adopting:
@@ -577,7 +592,15 @@ class _ViewReader:
         if upto <= self._position:
             return []
         parts: dict[str, list[pa.Table]] = {}
-        for batch in read_changes(engine, set(self._sources), self._position, upto):
+        if shared is None:
+            batches = read_changes(engine, set(self._sources), self._position, upto)
+        else:
+            batches = shared.get((self._position, upto))
+            if batches is None:
+                batches = shared[(self._position, upto)] = list(read_changes(engine, tables, self._position, upto))
+        for batch in batches:
+            if batch.table not in self._sources:
+                continue
             if batch.kind == "drop_table":
                 raise TableNotFoundError(f"view {self._view.name!r} reads table {batch.table!r}, which version "
                                          f"{batch.version} dropped: drop the view or recreate it")
