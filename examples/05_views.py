@@ -43,14 +43,13 @@ assert rows == [{"region": "eu", "total": 7.0, "orders": 1, "biggest": 7.0, "mea
 assert sorted(by_region.batch(by_region.position).to_pylist(), key=str) == sorted(rows, key=str)
 print(db.sql("SELECT region, total FROM revenue_by_region").to_pylist())
 
-# Views can read views, and a background thread keeps them current.
+# Views can read views, and one background thread keeps them all current (each round's
+# results of every view in one commit).
 top = db.create_view("big_regions", db.stream("revenue_by_region").filter(col("total") > 5).select("region"))
-by_region.run()
-top.run()
+db.views.run()
 v = db.insert("orders", [{"id": 9, "customer": "ann", "amount": 100.0}])
 by_region.wait_for(v)
-top.wait_for(db.version)
+top.wait_for(db.version)  # big_regions reads revenue_by_region's commit, one round later
 print(db.read("big_regions").to_pylist(), db.views.list())
-by_region.stop()
-top.stop()
+db.views.stop()
 db.close()

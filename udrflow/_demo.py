@@ -186,14 +186,14 @@ def run(path: str | None = None) -> None:
                               .group_by("city").agg(total=sum_("amount"), orders=count()))
         print(f"   {revenue} backfilled from the existing orders (reflects input version {view.position}):")
         _show(db.read(revenue), "city")
-        view.run()  # keep it current in a background thread
+        db.views.run()  # keep every view current in one background thread
         v_new = db.insert("orders", [{"id": start_id + 30, "customer": "bob", "amount": 100.0}])
         view.wait_for(v_new)
         print(f"   one order committed at v{v_new}; the view's table now (read like any table, "
               f"at log version {db.version}):")
         _show(db.read(revenue), "city")
         print(f"   SQL on the view: {db.sql(f'SELECT city, total FROM {revenue} ORDER BY total DESC LIMIT 1').to_pylist()}")
-        view.stop()
+        db.views.stop()
 
         _step("12. branches: a zero-copy fork, a change on it, a row-level diff, a merge in one commit")
         branch = f"what_if_v{db.version + 1}"

@@ -716,7 +716,9 @@ class Views:
             view = self._load(name, row)
             out.append({"name": name, "inputs": sorted(view.definition.inputs()), "created": view.created,
                         "position": int(row["input_version"]),
-                        "lag": _input_commits(self._db, view.definition.inputs(), int(row["input_version"]), head),
+                        # A running view that found nothing to change records no new position.
+                        "lag": _input_commits(self._db, view.definition.inputs(),
+                                              max(int(row["input_version"]), view.reached), head),
                         "running": view.running})
         return out
 
