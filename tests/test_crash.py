@@ -141,8 +141,10 @@ def _commit_loop(log: EpochLog, wfd: int, run: int, tid: int, batch: bool, fixed
         payloads = [payload_for(k, fixed_size) for k in keys]
         if batch:
             versions = list(log.append_batch(payloads))
-        else:
+        elif rng.random() < 0.5:
             versions = [log.append(payloads[0])]
+        else:  # the transaction path's way: a lone commit is pre-written at submit (see _writer.py)
+            versions = [log.submit(payloads[0], start=True).wait()]
         assert len(versions) == n
         os.write(wfd, b"".join(_REPORT.pack(v, k) for v, k in zip(versions, keys, strict=True)))
         counter += n

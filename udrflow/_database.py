@@ -29,6 +29,7 @@ from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
 from udrflow._limits import FSYNC_INTERVAL_MS_DEFAULT, SEGMENT_SIZE_BYTES_DEFAULT
 from udrflow._lock import WriterLock
 from udrflow._names import check_name
+from udrflow._pyrows import PyRows, keys_valid
 from udrflow._schema import check_keys, check_table_schema, to_rows
 from udrflow._tables import Op, TableEngine
 from udrflow._transaction import Transaction
@@ -504,8 +505,10 @@ class Database:
 
     def _row_op(self, kind: str, table: str, rows, *, version: int | None = None, ops=None) -> Op:
         engine = self._engine()
-        names = engine.catalog.names(engine.log.version)
-        if _VIEW_REGISTRY in names and not getattr(_view_writer, "active", False):
+        head = engine.log.version
+        # (One lookup, not the list of names: this runs for every write.)
+        if engine.catalog.get(_VIEW_REGISTRY, head) is not None and not getattr(_view_writer, "active", False):
+            names = engine.catalog.names(head)
             if table in self._view_names(engine, names) or table == _VIEW_REGISTRY:
                 raise ReadOnlyError(f"table {table!r} is maintained by a view: it changes only through its "
                                     f"definition (drop the view to write it)" if table != _VIEW_REGISTRY else
@@ -520,17 +523,18 @@ class Database:
             pk = list(op.primary_key)
             schema = check_table_schema(op.schema, pk or None, table=table)
         else:
-            tdef = engine.table_def(table, engine.log.version if version is None else version)
+            tdef = engine.table_def(table, head if version is None else version)
             schema, pk = tdef.schema, list(tdef.primary_key)
         if kind == "delete_keys":
             if not pk:
                 raise UsageError(f"delete by keys needs a primary key, and table {table!r} has none: "
                                  f"use delete(where=...)")
             data = to_rows(rows, schema, table=table, columns=pk)
-            check_keys(data, pk, table_name=table, op="delete")
+            if type(data) is not PyRows or not keys_valid(data, pk):
+                check_keys(data, pk, table_name=table, op="delete")
             return Op("delete_keys", table, data)
         data = to_rows(rows, schema, table=table)
-        if pk:
+        if pk and (type(data) is not PyRows or not keys_valid(data, pk)):
             check_keys(data, pk, table_name=table, op=kind)
         return Op(kind, table, data)
 

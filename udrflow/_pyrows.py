@@ -142,6 +142,59 @@ class PyRows:
         return f"PyRows({len(self.rows)} rows of {self.schema.names})"
 
 
+def key_values(rows: PyRows, pk: list[str]) -> list:
+    """The key of each of ``rows`` as ``_head.key_list`` spells keys (a value, or a tuple for
+    several key columns); computed once per PyRows (the key check, the conflict check and
+    the resolution all need them). A key column missing from ``rows`` is a ValueError."""
+    cached = rows.keys
+    if cached is not None and cached[0] == pk:
+        return cached[1]
+    idx = _key_index(rows.schema, pk)
+    if idx is None:
+        raise ValueError(f"key columns {pk} are not all among the columns {rows.schema.names}")
+    if len(idx) == 1:
+        i = idx[0]
+        keys = [r[i] for r in rows.rows]
+    else:
+        keys = [tuple([r[i] for i in idx]) for r in rows.rows]
+    rows.keys = (pk, keys)
+    return keys
+
+
+_key_indexes: dict[tuple[int, tuple[str, ...]], tuple[pa.Schema, list[int] | None]] = {}
+
+
+def _key_index(schema: pa.Schema, pk: list[str]) -> list[int] | None:
+    """Positions of the ``pk`` columns in ``schema`` (None if one is missing), by schema
+    identity like the plans: ``schema.names`` builds a new list on every call."""
+    key = (id(schema), tuple(pk))
+    hit = _key_indexes.get(key)
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    if len(_key_indexes) >= _PLANS_MAX:
+        _key_indexes.clear()
+    names = schema.names
+    idx = [names.index(k) for k in pk] if all(k in names for k in pk) else None
+    _key_indexes[key] = (schema, idx)
+    return idx
+
+
+def keys_valid(rows: PyRows, pk: list[str]) -> bool:
+    """Whether every row has its whole key (no None) and no key occurs twice: what
+    ``_schema.check_keys`` accepts, answered without building anything (False: let
+    ``check_keys`` find and name the offending rows)."""
+    try:
+        keys = key_values(rows, pk)
+    except ValueError:  # a key column is missing: check_keys says which
+        return False
+    if len(pk) == 1:
+        if None in keys:
+            return False
+    elif any(None in k for k in keys):
+        return False
+    return len(keys) == 1 or len(set(keys)) == len(keys)
+
+
 def rows_to_table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
     """Python row tuples (in ``schema``'s column order, values as ``to_pylist`` gives them,
     of an encodable schema or None) as an Arrow table of ``schema``."""

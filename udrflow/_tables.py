@@ -51,7 +51,7 @@ from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
 from udrflow._fold import fold_keyed, fold_multiset, net_keyed
 from udrflow._head import KeyedHead, MultisetHead, key_list, keyed_head, keys_table
 from udrflow._limits import COMMIT_BODY_BYTES_MAX, COMMIT_INLINE_ROWS_BYTES_MAX
-from udrflow._pyrows import PyRows, encodable, rows_to_table
+from udrflow._pyrows import PyRows, encodable, key_values, rows_to_table
 from udrflow._schema import add_column_schema, check_table_schema, schema_to_bytes
 from udrflow._schema import conform as conform_to
 from udrflow.errors import (
@@ -109,6 +109,9 @@ class Op:
 
     def __repr__(self) -> str:
         return f"Op({self.kind!r}, {self.table!r}, rows={self.py or self._rows!r})"
+
+
+_PY_ROW_KINDS = frozenset(("insert", "upsert", "delete_keys"))
 
 
 class _RowsEffect:
@@ -212,7 +215,7 @@ class TableEngine:
         self._head_version = 0
         self._failures_seen = 0
         self._recent: collections.deque[_Written] = collections.deque()
-        self._active: collections.Counter[int] = collections.Counter()  # begin versions of open transactions
+        self._active: dict[int, int] = {}  # begin version -> open transactions (a dict: Counter's methods are Python)
         self._generation = 0
         self._catalog_lock = threading.Lock()
         self._checkpoint_queue: queue.Queue | None = None
@@ -414,79 +417,58 @@ class TableEngine:
         """Register a transaction; returns (snapshot version, generation)."""
         with self._lock:
             v = self.log.version
-            self._active[v] += 1
+            self._active[v] = self._active.get(v, 0) + 1
             return v, self._generation
 
     def end(self, begin: int) -> None:
         with self._lock:
-            self._active[begin] -= 1
-            if self._active[begin] <= 0:
-                del self._active[begin]
-            self._prune_recent()
+            self._end_locked(begin)
+
+    def _end_locked(self, begin: int) -> None:
+        active = self._active
+        n = active[begin] - 1
+        if n > 0:
+            active[begin] = n
+        else:
+            del active[begin]
+        self._prune_recent()
 
     def _prune_recent(self) -> None:
-        floor = min(self._active) if self._active else self._head_version
-        while self._recent and self._recent[0].version <= floor:
-            self._recent.popleft()
+        # A transaction that begins now begins at the visible version, which may be below
+        # commits still queued for their fsync: the conflict check must keep those.
+        floor = self.log.version
+        if self._active:
+            floor = min(floor, min(self._active))
+        recent = self._recent
+        while recent and recent[0].version <= floor:
+            recent.popleft()
 
     def commit(self, ops: list[Op], *, begin: int | None = None, generation: int | None = None,
-               read_tables: set[str] | None = None, meta: dict | None = None) -> int | None:
+               read_tables: set[str] | None = None, meta: dict | None = None, end: bool = False) -> int | None:
         """Resolve, validate and queue ``ops`` as one commit; return its version once durable,
         or None when the operations change nothing (then no commit is written).
 
         ``begin`` is None for single operations outside a transaction: they apply to the
-        newest state and cannot conflict."""
-        if not ops:
-            raise UsageError("a commit needs at least one operation")
+        newest state and cannot conflict. ``end=True``: the transaction that began at
+        ``begin`` ends here whatever happens (as ``end(begin)`` would), in the same hold of
+        the lock that checks its conflicts (one lock round trip less per transaction)."""
         with self._lock:
-            if self.log.failures != self._failures_seen:
-                self._reset_after_failure()
-            if generation is not None and generation != self._generation:
-                raise TransactionConflictError(
-                    "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
-            written = self._written_by(ops)
-            if begin is not None:
-                # Conflicts first: a transaction overtaken by another commit must lose with
-                # TransactionConflictError (retryable), not with whatever resolving its
-                # operations against the newer state would raise.
-                self._validate(begin, written, read_tables or set())
-            resolved, effects = self._resolve(ops)
-            if not resolved:
-                return None
-            if len(written) > 1 or (written and written[0].table[0] != resolved[0].table):
-                changed = {op.table for op in resolved}
-                written = [w for w in written if w.table[0] in changed]  # ops that changed nothing wrote nothing
-            adoptions: list = []
-            spill = values_form = False
-            for op in resolved:
-                if type(op) is Changes:
-                    spill = spill or len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX
-                    values_form = values_form or bool(op.columns)
-            if spill:
-                self._spill_to_chunks(resolved, effects, adoptions)
-            commit = Commit(ops=resolved, meta=meta or {})
-            body = encode_commit(commit)
-            if values_form and len(body) > COMMIT_INLINE_ROWS_BYTES_MAX:
-                # Python rows whose old values turned out large (a delete of big rows):
-                # the Arrow form, which can move to chunks like any large row data.
-                self._values_to_arrow(resolved, effects)
-                if any(isinstance(op, Changes) and len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX for op in resolved):
-                    self._spill_to_chunks(resolved, effects, adoptions)
-                commit = Commit(ops=resolved, meta=meta or {})
-                body = encode_commit(commit)
-            if len(body) > COMMIT_BODY_BYTES_MAX:
-                raise UsageError(f"commit is {len(body)} bytes after moving its rows to chunks: expected at most "
-                                 f"{COMMIT_BODY_BYTES_MAX} (COMMIT_BODY_BYTES_MAX)")
-            pending = self.log.submit(body, failures_seen=self._failures_seen)
-            version = pending.version
-            with self._catalog_lock:
-                self.catalog.apply(version, commit)
-            for w in written:
-                w.version = version
-                self._recent.append(w)
-            self._apply_heads(resolved, effects)
-            self._head_version = version
-            self._prune_recent()
+            try:
+                if not ops:
+                    raise UsageError("a commit needs at least one operation")
+                queued = self._queue(ops, begin, generation, read_tables, meta)
+            finally:
+                if end:
+                    self._end_locked(begin)  # (prunes the conflict tracker too)
+            if queued is not None and not end:
+                self._prune_recent()
+        if queued is None:
+            return None
+        pending, resolved, adoptions = queued
+        version = pending.version
+        # Before the wait: a lone commit's data is on its way to the device meanwhile (see
+        # log.submit(start=True)), so this costs nothing on its path.
+        backlog = self._maybe_checkpoint(resolved, version)
         try:
             pending.wait()
         except BaseException:
@@ -496,8 +478,63 @@ class TableEngine:
         for tdef, digests, chunk_rows in adoptions:
             with self._maintenance_lock:
                 self.checkpoints.adopt(tdef, version, digests, chunk_rows)
-        self._maybe_checkpoint(resolved, version)
+        for done in backlog:
+            done.wait()
         return version
+
+    def _queue(self, ops: list[Op], begin: int | None, generation: int | None, read_tables: set[str] | None,
+               meta: dict | None):
+        """``commit`` up to the queueing, with the lock held: (pending commit, resolved
+        operations, chunks to adopt as checkpoints), or None if ``ops`` change nothing."""
+        if self.log.failures != self._failures_seen:
+            self._reset_after_failure()
+        if generation is not None and generation != self._generation:
+            raise TransactionConflictError(
+                "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
+        written = self._written_by(ops)
+        if begin is not None:
+            # Conflicts first: a transaction overtaken by another commit must lose with
+            # TransactionConflictError (retryable), not with whatever resolving its
+            # operations against the newer state would raise.
+            self._validate(begin, written, read_tables or set())
+        resolved, effects = self._resolve(ops)
+        if not resolved:
+            return None
+        if len(written) > 1 or (written and written[0].table[0] != resolved[0].table):
+            changed = {op.table for op in resolved}
+            written = [w for w in written if w.table[0] in changed]  # ops that changed nothing wrote nothing
+        adoptions: list = []
+        spill = values_form = False
+        for op in resolved:
+            if type(op) is Changes:
+                spill = spill or len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX
+                values_form = values_form or bool(op.columns)
+        if spill:
+            self._spill_to_chunks(resolved, effects, adoptions)
+        commit = Commit(ops=resolved, meta=meta or {})
+        body = encode_commit(commit)
+        if values_form and len(body) > COMMIT_INLINE_ROWS_BYTES_MAX:
+            # Python rows whose old values turned out large (a delete of big rows):
+            # the Arrow form, which can move to chunks like any large row data.
+            self._values_to_arrow(resolved, effects)
+            if any(isinstance(op, Changes) and len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX for op in resolved):
+                self._spill_to_chunks(resolved, effects, adoptions)
+            commit = Commit(ops=resolved, meta=meta or {})
+            body = encode_commit(commit)
+        if len(body) > COMMIT_BODY_BYTES_MAX:
+            raise UsageError(f"commit is {len(body)} bytes after moving its rows to chunks: expected at most "
+                             f"{COMMIT_BODY_BYTES_MAX} (COMMIT_BODY_BYTES_MAX)")
+        # start=True: the bookkeeping below runs while the device takes a lone commit's data.
+        pending = self.log.submit(body, failures_seen=self._failures_seen, start=True)
+        version = pending.version
+        with self._catalog_lock:
+            self.catalog.apply(version, commit)
+        for w in written:
+            w.version = version
+            self._recent.append(w)
+        self._apply_heads(resolved, effects)
+        self._head_version = version
+        return pending, resolved, adoptions
 
     def _reset_after_failure(self) -> None:
         """An epoch failed: every queued commit was discarded. Forget what they did."""
@@ -514,6 +551,13 @@ class TableEngine:
     def _written_by(self, ops: list[Op]) -> list[_Written]:
         """What ``ops`` write, as the conflict check sees it: the keys they name for keyed
         tables, the whole table for tables without a key and for DDL."""
+        if len(ops) == 1 and ops[0].py is not None:
+            # One write of Python rows (the small commit): no grouping to do.
+            op = ops[0]
+            tdef = self.catalog.get(op.table, self._head_version)
+            if tdef is not None and tdef.keyed:
+                pk = list(tdef.primary_key)
+                return [_Written(0, (op.table, tdef.created), None, _py_keys(op.py, pk), tdef.schema, pk)]
         keys: dict[tuple[str, int], list] = {}
         py_keys: dict[tuple[str, int], tuple[TableDef, list]] = {}
         whole: set[tuple[str, int]] = set()
@@ -633,6 +677,13 @@ class TableEngine:
 
         Nothing in the head state changes here: a transaction with two operations on one
         table is folded into one net change per table first."""
+        if len(ops) == 1 and ops[0].py is not None and ops[0].kind in _PY_ROW_KINDS:
+            # One write of Python rows (the small commit): straight to its resolution.
+            op = ops[0]
+            tdef = self._def_at_head(op.table)
+            if self._python_path(tdef, ops):
+                changes, effect = self._resolve_python(tdef, ops)
+                return ([changes], {op.table: effect}) if changes is not None else ([], {})
         resolved: list = []
         pending_ddl: dict[str, TableDef | None] = {}
 
@@ -988,7 +1039,11 @@ class TableEngine:
 
     # ---- checkpoints -----------------------------------------------------------------
 
-    def _maybe_checkpoint(self, resolved: list, version: int) -> None:
+    def _maybe_checkpoint(self, resolved: list, version: int) -> list[threading.Event]:
+        """Schedule the checkpoints that ``resolved`` (the commit at ``version``) makes due.
+        Returns the checkpoints the committer must wait for before it returns (its table's
+        tail is so long that writers must not outrun the checkpointer)."""
+        backlog: list[threading.Event] = []
         for op in resolved:
             if type(op) is not Changes:
                 if type(op) is not AddColumn:
@@ -1018,7 +1073,8 @@ class TableEngine:
                 if commits >= CHECKPOINT_TAIL_BACKLOG_FACTOR * CHECKPOINT_TAIL_COMMITS_MAX:
                     done = self._checkpoint_pending.get((op.table, tdef.created))
                     if done is not None:
-                        done.wait()
+                        backlog.append(done)
+        return backlog
 
     def _schedule_checkpoint(self, name: str, created: int) -> None:
         # One queued checkpoint per table at a time: the trigger keeps holding on every
@@ -1215,19 +1271,4 @@ class TableEngine:
             self._checkpoint_thread.join()
 
 
-def _py_keys(rows: PyRows, pk: list[str]) -> list:
-    """The key of each of ``rows`` as ``key_list`` spells keys (a value, or a tuple for
-    several key columns); computed once per PyRows (the conflict check and the resolution
-    both need them)."""
-    cached = rows.keys
-    if cached is not None and cached[0] == pk:
-        return cached[1]
-    names = rows.schema.names
-    idx = [names.index(k) for k in pk]
-    if len(idx) == 1:
-        i = idx[0]
-        keys = [r[i] for r in rows.rows]
-    else:
-        keys = [tuple([r[i] for i in idx]) for r in rows.rows]
-    rows.keys = (pk, keys)
-    return keys
+_py_keys = key_values  # the key of each of some PyRows, computed once (see _pyrows.key_values)

@@ -130,21 +130,21 @@ class Transaction:
         """Commit atomically; return the version (None if nothing was written)."""
         with self._lock:
             self._check_open()
+            if not self._ops:
+                self._state = "committed"
+                self._engine.end(self.begin_version)
+                return None
             try:
-                if not self._ops:
-                    self._state = "committed"
-                    return None
+                # end=True: the engine ends this transaction in the same hold of its lock.
                 self.version = self._engine.commit(
                     self._ops, begin=self.begin_version, generation=self._generation,
                     read_tables=self._read_tables if self.isolation == "serializable" else None,
-                    meta=self.meta or None)
-                self._state = "committed"
-                return self.version
+                    meta=self.meta or None, end=True)
             except BaseException:
                 self._state = "rolled back"
                 raise
-            finally:
-                self._engine.end(self.begin_version)
+            self._state = "committed"
+            return self.version
 
     def rollback(self) -> None:
         with self._lock:

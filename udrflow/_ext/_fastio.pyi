@@ -1,3 +1,6 @@
 GIL_RELEASE_BYTES_MIN: int
 
 def pwrite_all(fd: int, buffers: list[bytes], offset: int) -> None: ...
+HAVE_START_WRITEBACK: bool
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None: ...

@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from udrflow._ext._crc32c import crc32c
+from udrflow._ext._fastio import pwrite_all
 from udrflow._fileio import FileIO
 
 HEAD_NAME = "HEAD"
@@ -50,13 +51,15 @@ def decode_head(data: bytes) -> Head | None:
 class HeadWriter:
     def __init__(self, io: FileIO, directory: str) -> None:
         self._io = io
+        # FileIO.pwritev of bytes is pwrite_all; a subclass (faults) keeps its own.
+        self._pwritev = pwrite_all if type(io) is FileIO else io.pwritev
         self.path = os.path.join(directory, HEAD_NAME)
         self._fd = io.open(self.path, os.O_RDWR | os.O_CREAT)
 
     def publish(self, version: int, segment_first_version: int, end_offset: int) -> None:
         # On the commit path of every epoch: pack directly, no intermediate objects.
         body = _BODY.pack(_MAGIC, 1, version, segment_first_version, end_offset)
-        self._io.pwritev(self._fd, [body + _CRC.pack(crc32c(body))], 0)
+        self._pwritev(self._fd, [body + _CRC.pack(crc32c(body))], 0)
 
     def close(self) -> None:
         self._io.close(self._fd)

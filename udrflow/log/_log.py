@@ -87,6 +87,9 @@ class EpochLog:
         self._segments: list[Segment] = recovered.segments
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        # Threads waiting on _cond (see wait_locked): the writer notifies only when there are
+        # some, since Condition.notify_all is Python code that every epoch would pay for.
+        self._cond_waiters = 0
         self._visible_version = self._segments[-1].last_version if self._segments else 0
         self._closed = False
         self._writer: LogWriter | None = None
@@ -206,15 +209,23 @@ class EpochLog:
         """How many epochs failed since open (see ``submit(failures_seen=...)``)."""
         return self._writer.failures if self._writer else 0
 
-    def submit(self, payload: bytes | bytearray | memoryview, *, failures_seen: int | None = None) -> PendingCommit:
+    def submit(self, payload: bytes | bytearray | memoryview, *, failures_seen: int | None = None,
+               start: bool = False) -> PendingCommit:
         """Queue one commit and return at once with its version fixed; ``.wait()`` blocks
         until it is acknowledged (or raises why it failed).
 
         For callers that must decide a commit's version under their own lock (the
-        transaction manager) but should not hold that lock through the fsync."""
-        body = self._check_payload(payload, "commit payload")
-        writer = self._require_writer()
-        return PendingCommit(writer, writer.submit([body], len(body), failures_seen))
+        transaction manager) but should not hold that lock through the fsync.
+        ``start=True``: the caller has work to do before it waits, so a lone commit may be
+        written now and the device start on it meanwhile (see ``LogWriter.submit``)."""
+        if type(payload) is bytes and len(payload) <= COMMIT_BODY_BYTES_MAX:
+            body = payload  # the common case, checked without a call: this runs on every commit
+        else:
+            body = self._check_payload(payload, "commit payload")
+        writer = self._writer
+        if writer is None:
+            writer = self._require_writer()
+        return PendingCommit(writer, writer.submit([body], len(body), failures_seen, start))
 
     @staticmethod
     def _check_payload(payload, where: str) -> bytes:
@@ -359,11 +370,19 @@ class EpochLog:
                 return False
             self._wait_change(version, remaining)
 
+    def wait_locked(self, timeout_s: float | None) -> None:
+        """``self._cond.wait(timeout_s)``, counted in ``_cond_waiters``. Holds ``_cond``."""
+        self._cond_waiters += 1
+        try:
+            self._cond.wait(timeout_s)
+        finally:
+            self._cond_waiters -= 1
+
     def _wait_change(self, version: int, timeout_s: float | None) -> None:
         if not self.readonly:
             with self._cond:
                 if self._visible_version < version and not self._closed:
-                    self._cond.wait(timeout_s)
+                    self.wait_locked(timeout_s)
             return
         if self._watcher is None:
             self._watcher = HeadWatcher(self.directory)

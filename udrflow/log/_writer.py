@@ -9,6 +9,15 @@ indexes the frames, raises the visible version and wakes everyone. Tickets queue
 meanwhile form the next epoch. With one thread this is write + fdatasync and nothing
 else; with many, the fdatasync is shared.
 
+A lone committer (the writer idle, nothing queued, the last epoch a single commit) may
+ask ``submit(start=True)`` to *pre-write* its commit: its frame is written at once and
+its write-back started (``_fastio.start_writeback``), so the device takes the data while
+the committer finishes its bookkeeping; its epoch, led as usual by whoever waits first,
+then only needs the fdatasync. A pre-written ticket is always the oldest one queued, so
+it heads the next epoch, and its bytes sit exactly where that epoch starts: a failure
+undoes them with the rest of the epoch. Nothing is visible, or in HEAD, before the
+fdatasync, as for any epoch.
+
 Failure policy (each tested in tests/test_log_faults.py):
 - A failed fdatasync poisons the writer: the kernel may have dropped the dirty pages and
   cleared the error, so a retry could "succeed" over lost data (the fsyncgate lesson).
@@ -30,6 +39,7 @@ from collections import deque
 
 from udrflow._clock import Clock
 from udrflow._ext import _frame
+from udrflow._ext._fastio import HAVE_START_WRITEBACK, pwrite_all, start_writeback
 from udrflow._fileio import FileIO
 from udrflow._limits import EPOCH_BYTES_MAX, PENDING_BYTES_MAX, PREALLOC_STEP_BYTES, SEGMENT_HEADER_BYTES
 from udrflow.errors import (
@@ -70,9 +80,11 @@ class _Ticket:
     """One queued append. Its committing thread sleeps on its own lock, so finishing an
     epoch wakes exactly the threads it concerns (its committers and the next leader),
     not every waiter: with many threads a shared condition's notify_all costs more than
-    the epoch's write."""
+    the epoch's write. The lock is made only when the thread first has to sleep: a lone
+    committer leads its own epoch and never does."""
 
-    __slots__ = ("bodies", "version_first", "timestamp_us", "nbytes", "done", "error", "lock", "sleeping")
+    __slots__ = ("bodies", "version_first", "timestamp_us", "nbytes", "done", "error", "lock", "sleeping",
+                 "prewrite")
 
     def __init__(self, bodies: list[bytes], version_first: int, timestamp_us: int, nbytes: int) -> None:
         self.bodies = bodies
@@ -81,15 +93,30 @@ class _Ticket:
         self.nbytes = nbytes
         self.done = False
         self.error: BaseException | None = None
-        self.lock = threading.Lock()
-        self.lock.acquire()  # held until someone wakes the thread that waits on it
+        self.lock: threading.Lock | None = None  # held (by its own thread) while it sleeps
         self.sleeping = False
+        self.prewrite: _Prewrite | None = None  # see submit(start=True)
 
     def wake(self) -> None:
         """Called with the writer's lock held."""
         if self.sleeping:
             self.sleeping = False
             self.lock.release()
+
+
+class _Prewrite:
+    """A ticket's frames written ahead of its epoch (see ``submit(start=True)``): where,
+    and the failure if the write failed (the epoch then fails with it). ``pending``: asked
+    for, not yet done (the ticket's epoch may start first and then writes it itself)."""
+
+    __slots__ = ("pending", "segment", "offsets", "end", "failure")
+
+    def __init__(self) -> None:
+        self.pending = True
+        self.segment: Segment | None = None
+        self.offsets: array.array | None = None
+        self.end = 0
+        self.failure: _EpochFailed | None = None
 
 
 class _EpochFailed(Exception):
@@ -108,6 +135,19 @@ class LogWriter:
                  segment_size_bytes: int, clock: Clock) -> None:
         self._log = log
         self._io = io
+        # The two calls of every epoch, bound once: the real file layer's are the system
+        # calls themselves (FileIO.pwritev of bytes is pwrite_all), a subclass keeps its own
+        # (udrflow.testing's faulty one must see every call).
+        real = type(io) is FileIO
+        self._pwritev = pwrite_all if real else io.pwritev
+        self._fdatasync = os.fdatasync if real else io.fdatasync
+        # Pre-writes (submit(start=True)) only pay in sync mode, and only where the kernel
+        # can start a write-back without waiting for it; a file layer of its own may offer
+        # ``start_writeback(fd, offset, nbytes)`` (tests use one to inject faults into them).
+        self._start_writeback = None
+        if durability == Durability.SYNC:
+            self._start_writeback = (start_writeback if HAVE_START_WRITEBACK else None) if real \
+                else getattr(io, "start_writeback", None)
         self._cond: threading.Condition = log._cond
         self._durability = durability
         self._segment_size_bytes = segment_size_bytes
@@ -123,6 +163,7 @@ class LogWriter:
         # commits, the next leader waits a little for the committers it just woke to queue
         # again, so epochs stay full instead of alternating between two half-full groups.
         self._arrivals = threading.Condition(log._lock)
+        self._lingering = False  # a leader waits on _arrivals (so _enqueue must notify it)
         self._last_epoch_tickets = 1
         self._fsync_ema_s = 0.0
         self._poisoned: LogPoisonedError | None = None
@@ -157,13 +198,20 @@ class LogWriter:
         self._await(ticket)
         return ticket.version_first
 
-    def submit(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None) -> _Ticket:
+    def submit(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None,
+               start: bool = False) -> _Ticket:
         """Queue the bodies (their versions are fixed now) without waiting; see ``wait``.
 
         ``failures_seen``: the value of ``failures`` the caller based this commit on. If an
         epoch has failed since, the commit may depend on writes that never happened, so
-        it is refused (with that failure's error) before anything is queued."""
-        return self._enqueue(bodies, nbytes, failures_seen)
+        it is refused (with that failure's error) before anything is queued.
+
+        ``start=True``: a caller with more work to do before it waits lets a lone commit be
+        pre-written (see the module docstring); nothing changes for anyone else."""
+        ticket = self._enqueue(bodies, nbytes, failures_seen, start and self._start_writeback is not None)
+        if ticket.prewrite is not None:
+            self._prewrite(ticket)
+        return ticket
 
     @property
     def failures(self) -> int:
@@ -175,15 +223,17 @@ class LogWriter:
         self._await(ticket)
         return ticket.version_first
 
-    def _enqueue(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None) -> _Ticket:
+    def _enqueue(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None,
+                 prewrite: bool = False) -> _Ticket:
         nbytes += _OVERHEAD * len(bodies)
         with self._cond:
-            self._check_usable()
+            if self._poisoned is not None or self._closed:
+                self._check_usable()
             if failures_seen is not None and failures_seen != self._failures:
                 raise self._copy_error(self._last_failure)
             # Back-pressure: a burst of committers waits here instead of queueing without bound.
             while self._pending and self._pending_bytes + nbytes > PENDING_BYTES_MAX:
-                self._cond.wait()
+                self._log.wait_locked(None)
                 self._check_usable()
             now = self._clock.now_us()
             if now < self._last_timestamp_us:
@@ -193,15 +243,58 @@ class LogWriter:
             self._next_version += len(bodies)
             self._pending.append(ticket)
             self._pending_bytes += nbytes
-            if len(self._pending) >= self._last_epoch_tickets:
+            if self._lingering and len(self._pending) >= self._last_epoch_tickets:
                 self._arrivals.notify()
+            if prewrite and len(self._pending) == 1 and not self._flushing and self._last_epoch_tickets == 1:
+                ticket.prewrite = _Prewrite()  # the oldest ticket: it will head the next epoch
             return ticket
+
+    def _prewrite(self, ticket: _Ticket) -> None:
+        """Write ``ticket``'s frames where its epoch will start, and start their write-back.
+        Skipped if its epoch has begun meanwhile, or if they do not fit in the active
+        segment and its zeros written ahead (the epoch then does it all)."""
+        pre = ticket.prewrite
+        with self._io_lock:
+            if not pre.pending:
+                return  # its epoch started first and writes it
+            pre.pending = False
+            pos = self._write_offset
+            data, offsets, count = _frame.encode_frames(
+                ticket.bodies, 0, ticket.version_first, ticket.timestamp_us, pos,
+                min(self._segment_size_bytes, self._prealloc_end) - pos, self._unsynced_frames)
+            if count != len(ticket.bodies):
+                ticket.prewrite = None
+                return
+            segment, fd = self._segment, self._fd
+            unsynced_at_start = self._unsynced_frames
+            self._unsynced_frames += count
+            try:
+                self._write(segment, fd, [data], pos, pos, False, unsynced_at_start)
+            except _EpochFailed as exc:
+                pre.failure = exc  # its epoch fails with it (and undoes nothing more: the write did)
+                return
+            except BaseException as exc:  # e.g. KeyboardInterrupt: what is on disk is unknown
+                err = LogPoisonedError(f"the log writer stopped after an unexpected error: {exc!r}",
+                                       self._log.directory)
+                err.__cause__ = exc
+                pre.failure = _EpochFailed(err, poison=True)
+                raise
+            pre.segment, pre.offsets, pre.end = segment, offsets, pos + len(data)
+            try:
+                self._start_writeback(fd, pos, len(data))
+            except OSError:
+                # Only a hint: the fdatasync decides, and reports any write-back error
+                # (starting one neither waits for it nor consumes it). Stop asking.
+                self._start_writeback = None
 
     def _await(self, ticket: _Ticket) -> None:
         cond = self._cond
         with cond:
             while not ticket.done:
                 if self._flushing:
+                    if ticket.lock is None:
+                        ticket.lock = threading.Lock()
+                        ticket.lock.acquire()  # released by ticket.wake(), re-taken by our acquire below
                     ticket.sleeping = True
                     cond.release()
                     try:
@@ -210,7 +303,8 @@ class LogWriter:
                         cond.acquire()
                     continue
                 self._flushing = True
-                self._linger()
+                if self._last_epoch_tickets > 1:
+                    self._linger()
                 batch = self._take_epoch()
                 cond.release()
                 failure: _EpochFailed | None = None
@@ -238,7 +332,8 @@ class LogWriter:
                     if t.sleeping:
                         t.wake()
                         break
-                cond.notify_all()  # followers of the log, back-pressured committers, close()
+                if self._log._cond_waiters:
+                    cond.notify_all()  # followers of the log, back-pressured committers, close()
         if ticket.error is not None:
             raise ticket.error
 
@@ -249,11 +344,15 @@ class LogWriter:
         if want <= 1 or len(self._pending) >= want or self._durability != Durability.SYNC:
             return
         deadline = time.monotonic() + min(max(self._fsync_ema_s / 2, LINGER_S_MIN), LINGER_S_MAX)
-        while len(self._pending) < want:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._arrivals.wait(remaining)
+        self._lingering = True
+        try:
+            while len(self._pending) < want:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrivals.wait(remaining)
+        finally:
+            self._lingering = False
 
     def _take_epoch(self) -> list[_Ticket]:
         batch = [self._pending.popleft()]
@@ -269,6 +368,19 @@ class LogWriter:
     def _write_epoch(self, batch: list[_Ticket]):
         """Encode, write and (in sync mode) fdatasync one epoch. Runs without the lock."""
         with self._io_lock:
+            pre = batch[0].prewrite
+            if pre is not None:
+                pre.pending = False  # (if not done yet, it never will be: this epoch writes it)
+                if pre.failure is not None:
+                    raise pre.failure
+                if pre.segment is None:
+                    pre = None
+                elif len(batch) == 1:
+                    return self._finish_prewritten(batch[0], pre)
+            if len(batch) == 1 and pre is None:
+                updates = self._write_one(batch[0])
+                if updates is not None:
+                    return updates
             segment, fd = self._segment, self._fd
             epoch_start = self._write_offset
             unsynced_at_start = self._unsynced_frames
@@ -278,7 +390,12 @@ class LogWriter:
             seg_offsets = array.array("Q")
             seg_stamps = array.array("q")
             sealed_any = False
-            for ticket in batch:
+            if pre is not None:  # the head ticket's frames are on disk already, from epoch_start
+                unsynced_at_start -= len(batch[0].bodies)
+                seg_offsets.extend(pre.offsets)
+                seg_stamps.extend(array.array("q", [batch[0].timestamp_us]) * len(batch[0].bodies))
+                pos = pre.end
+            for ticket in (batch[1:] if pre is not None else batch):
                 bodies, start, n = ticket.bodies, 0, len(ticket.bodies)
                 while start < n:
                     budget = self._segment_size_bytes - pos
@@ -315,6 +432,36 @@ class LogWriter:
             self._publish_head(batch[-1].version_first + len(batch[-1].bodies) - 1, segment.first_version, pos)
             return updates
 
+    def _finish_prewritten(self, ticket: _Ticket, pre: _Prewrite):
+        """``_write_epoch`` of an epoch of one pre-written ticket: only the fdatasync is left."""
+        self._sync(pre.segment, self._fd)
+        self._write_offset = pre.end
+        count = len(ticket.bodies)
+        self._publish_head(ticket.version_first + count - 1, pre.segment.first_version, pre.end)
+        return [(pre.segment, pre.offsets, array.array("q", [ticket.timestamp_us]) * count, pre.end)]
+
+    def _write_one(self, ticket: _Ticket):
+        """``_write_epoch`` of an epoch of one ticket whose frames fit in the active segment
+        and its zeros written ahead: the lone committer's case, with nothing to roll, fill or
+        split. None (nothing done) if it does not fit. Holds ``_io_lock``."""
+        pos = self._write_offset
+        data, offsets, count = _frame.encode_frames(
+            ticket.bodies, 0, ticket.version_first, ticket.timestamp_us, pos,
+            min(self._segment_size_bytes, self._prealloc_end) - pos, self._unsynced_frames)
+        if count != len(ticket.bodies):
+            return None
+        segment, unsynced_at_start = self._segment, self._unsynced_frames
+        self._unsynced_frames += count
+        self._write(segment, self._fd, [data], pos, pos, False, unsynced_at_start)
+        if self._durability == Durability.SYNC:
+            self._sync(segment, self._fd)
+        else:
+            self._unsynced = True
+        end = pos + len(data)
+        self._write_offset = end
+        self._publish_head(ticket.version_first + count - 1, segment.first_version, end)
+        return [(segment, offsets, array.array("q", [ticket.timestamp_us]) * count, end)]
+
     def _write_frames(self, segment: Segment, fd: int, buffers: list[bytes], end: int,
                       epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
         """Write ``buffers`` so they end at ``end``, first zero-filling ahead if needed."""
@@ -341,7 +488,7 @@ class LogWriter:
     def _write(self, segment: Segment, fd: int, buffers: list[bytes], offset: int,
                epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
         try:
-            self._io.pwritev(fd, buffers, offset)
+            self._pwritev(fd, buffers, offset)
         except OSError as exc:
             error = storage_error_from_os(exc, "append to the log segment", segment.path)
             error.__cause__ = exc
@@ -358,7 +505,7 @@ class LogWriter:
     def _sync(self, segment: Segment, fd: int) -> None:
         try:
             started = time.monotonic()
-            self._io.fdatasync(fd)
+            self._fdatasync(fd)
             self._fsync_ema_s += (time.monotonic() - started - self._fsync_ema_s) / 8
             self._unsynced_frames = 0
         except OSError as exc:
@@ -411,8 +558,8 @@ class LogWriter:
             segment.end_offset = end
         last = batch[-1]
         visible = last.version_first + len(last.bodies) - 1
-        require(visible == log._segments[-1].last_version,
-                f"index ends at {log._segments[-1].last_version}, epoch ends at {visible}")
+        if visible != log._segments[-1].last_version:  # (not require(): its message would be built every epoch)
+            require(False, f"index ends at {log._segments[-1].last_version}, epoch ends at {visible}")
         log._visible_version = visible
         for ticket in batch:
             ticket.done = True
@@ -488,7 +635,7 @@ class LogWriter:
                     finally:
                         self._cond.acquire()
                 else:
-                    self._cond.wait()
+                    self._log.wait_locked(None)
         self._syncer_stop.set()
         if self._syncer is not None:
             self._syncer.join()
