@@ -84,8 +84,11 @@ class Catalog:
 
     def apply(self, version: int, commit: Commit) -> None:
         """Take the DDL and change records of ``commit`` (already validated) into the catalog."""
+        tables = self._tables
         for op in commit.ops:
-            hist = self._tables.setdefault(op.table, _History())
+            hist = tables.get(op.table)
+            if hist is None:  # (setdefault would build a _History on every commit)
+                hist = tables[op.table] = _History()
             if isinstance(op, Changes):
                 hist.add_change(version, op.rows_in, op.rows_out)
             elif isinstance(op, CreateTable):
@@ -107,8 +110,12 @@ class Catalog:
 
     def apply_changes_only(self, version: int, header) -> None:
         """Fast path at open for commits without DDL: record which tables they changed."""
+        tables = self._tables
         for op in header.ops:
-            self._tables.setdefault(op.table, _History()).add_change(version, op.rows_in, op.rows_out)
+            hist = tables.get(op.table)
+            if hist is None:
+                hist = tables[op.table] = _History()
+            hist.add_change(version, op.rows_in, op.rows_out)
         self.version = max(self.version, version)
 
     def row_count(self, name: str, version: int) -> int:

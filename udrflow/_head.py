@@ -277,13 +277,42 @@ class IntKeyedHead(KeyedHead):
         self._maybe_compact()
 
     def apply_rows(self, rows: list[tuple], keys: list, minus_keys: list) -> None:
-        if minus_keys:
-            self._mark(np.array(minus_keys, dtype=np.int64), None)
+        if len(keys) + len(minus_keys) <= 8:
+            self._mark_few(rows, keys, minus_keys)
+        else:
+            if minus_keys:
+                self._mark(np.array(minus_keys, dtype=np.int64), None)
+            if rows:
+                b = len(self.batches)
+                self.batches.append(rows)
+                self._mark(np.array(keys, dtype=np.int64), (b + 1) << _SHIFT)
+        self._maybe_compact()
+
+    def _mark_few(self, rows: list[tuple], keys: list, minus_keys: list) -> None:
+        """``apply_rows`` for a handful of keys (the single-row commit): scalar map calls,
+        no numpy arrays to build."""
+        m = self._intmap()
+        get, put = m.get, m.set
+        dead = self._dead
+        for k in minus_keys:
+            old = get(k)
+            if 0 <= old <= _ROWS:
+                if dead is None:
+                    dead = self._dead = np.zeros(self.base.num_rows, dtype=bool)
+                dead[old] = True
+            put(k, _DELETED)
         if rows:
             b = len(self.batches)
             self.batches.append(rows)
-            self._mark(np.array(keys, dtype=np.int64), (b + 1) << _SHIFT)
-        self._maybe_compact()
+            start = (b + 1) << _SHIFT
+            for i, k in enumerate(keys):
+                old = get(k)
+                if 0 <= old <= _ROWS:
+                    if dead is None:
+                        dead = self._dead = np.zeros(self.base.num_rows, dtype=bool)
+                    dead[old] = True
+                put(k, start + i)
+        self._changed += len(keys) + len(minus_keys)
 
     def _maybe_compact(self) -> None:
         if self._changed > max(OVERLAY_KEYS_MIN, self.base.num_rows // 4):
