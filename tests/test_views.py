@@ -899,3 +899,42 @@ def test_definition_errors_name_what_is_wrong(tmp_path):
             db.views["short"].refresh()
     finally:
         db.close()
+
+
+def test_not_null_group_keys_key_the_views_table(tmp_path):
+    """A group-by on NOT NULL columns (kept through sources and inner joins) gets a keyed table;
+    nullable keys (or a left join's right side) give a table without a key; a union of a NOT
+    NULL and a nullable column is nullable."""
+    db = open_db(tmp_path / "db")
+    try:
+        db.create_table("ev", pa.schema([pa.field("id", pa.int64(), nullable=False),
+                                         pa.field("k", pa.int64(), nullable=False), ("v", pa.int64())]),
+                        primary_key=["id"])
+        db.create_table("kd", pa.schema([pa.field("k", pa.int64(), nullable=False),
+                                         pa.field("cat", pa.string(), nullable=False)]), primary_key=["k"])
+        db.create_table("loose", pa.schema([("id", pa.int64()), ("k", pa.int64()), ("v", pa.int64())]))
+        db.insert("kd", [{"k": k, "cat": "ab"[k % 2]} for k in range(4)])
+        db.insert("ev", [{"id": i, "k": i % 4, "v": i} for i in range(10)])
+        by_k = db.create_view("by_k", db.stream("ev").group_by("k").agg(total=sum_("v"), n=count()))
+        by_cat = db.create_view("by_cat", db.stream("ev").join(db.stream("kd"), on="k")
+                                .group_by("cat").agg(total=sum_("v")))
+        by_cat_left = db.create_view("by_cat_left", db.stream("ev").join(db.stream("kd"), on="k", how="left")
+                                     .group_by("cat").agg(total=sum_("v")))
+        both = db.create_view("both", db.stream("ev").union(db.stream("loose")).group_by("k").agg(n=count()))
+        assert db._engine().table_def("by_k", db.version).primary_key == ("k",)
+        assert db._engine().table_def("by_cat", db.version).primary_key == ("cat",)
+        assert db._engine().table_def("by_cat_left", db.version).primary_key == ()
+        assert db._engine().table_def("both", db.version).primary_key == ()
+        db.views.run()
+        db.upsert("ev", [{"id": 1, "k": 2, "v": 50}])
+        db.delete("ev", keys=[{"id": i} for i in (3, 7)])  # group k=3 empties and disappears
+        db.insert("loose", [{"id": None, "k": None, "v": 1}])
+        for view in (by_k, by_cat, by_cat_left, both):
+            assert view.wait_for(_last_input(db)), view.name
+        db.views.stop()
+        for name in ("by_k", "by_cat", "by_cat_left", "both"):
+            check_view(db, name)
+        assert sorted(r["k"] for r in db.read("by_k").to_pylist()) == [0, 1, 2]
+    finally:
+        db.views.stop()
+        db.close()

@@ -55,6 +55,16 @@ def empty_delta(schema: pa.Schema) -> pa.Table:
     return e
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``: relabelled when only NOT NULL flags differ (no
+    copy, no cast kernel), else cast."""
+    if table.schema.equals(schema):
+        return table
+    if table.schema.names == schema.names and table.schema.types == schema.types:
+        return pa.Table.from_arrays(table.columns, schema=schema)
+    return table.select(schema.names).cast(schema)
+
+
 def with_weight(table: pa.Table, weight: int | np.ndarray) -> pa.Table:
     w = np.full(table.num_rows, weight, np.int64) if np.isscalar(weight) else weight
     return table.append_column(pa.field(W, pa.int64()), pa.array(w, pa.int64()))
@@ -211,9 +221,10 @@ class Source(Stream):
 
     def __init__(self, table: str, schema: pa.Schema) -> None:
         self.table = table
-        # Nullable throughout: change batches from joins and backfills mix, and a NOT NULL
-        # flag would only make equal data look like different schemas.
-        self.schema = pa.schema([f.with_nullable(True) for f in schema])
+        # The table's own NOT NULL flags are kept (the engine refuses nulls there), so a
+        # group-by on NOT NULL columns can key the view's table; every change batch of the
+        # source is conformed to this schema (``conform``).
+        self.schema = schema
 
     def inputs(self) -> set[str]:
         return {self.table}
@@ -351,14 +362,23 @@ class Union(Stream):
     kind = "union"
 
     def __init__(self, left: Stream, right: Stream) -> None:
-        if not left.schema.equals(right.schema):
+        if left.schema.names != right.schema.names or left.schema.types != right.schema.types:
             raise SchemaError(f"union needs equal schemas: left has {_fmt(left.schema)}, right has "
                               f"{_fmt(right.schema)}")
         self.children = (left, right)
-        self.schema = left.schema
+        # NOT NULL only where both sides are.
+        self.schema = pa.schema([a.with_nullable(a.nullable or b.nullable)
+                                 for a, b in zip(left.schema, right.schema, strict=True)])
 
     def step(self, state, deltas) -> pa.Table:
-        return pa.concat_tables([c.out(state, deltas) for c in self.children])
+        out = self._with_weight_schema()
+        return pa.concat_tables([conform(c.out(state, deltas), out) for c in self.children])
+
+    def _with_weight_schema(self) -> pa.Schema:
+        e = self.__dict__.get("_out_schema")
+        if e is None:
+            e = self.__dict__["_out_schema"] = empty_delta(self.schema).schema
+        return e
 
     def batch(self, ctx) -> pa.Table:
         return ctx.sql("SELECT * FROM {0} UNION ALL SELECT * FROM {1}",
@@ -890,7 +910,8 @@ class Join(Stream):
         parts = [p for p in parts if p.num_rows]
         if not parts:
             return empty_delta(self.schema)
-        rows = pa.concat_tables(parts)
+        left_schema = empty_delta(self.children[0].schema).schema  # (Acero's semi join drops NOT NULL flags)
+        rows = pa.concat_tables([conform(p, left_schema) for p in parts])
         pad = [pa.nulls(rows.num_rows, self.children[1].schema.field(n).type) for n in self.right_rest]
         data = rows.drop_columns([W])
         out = pa.Table.from_arrays(list(data.columns) + pad, schema=self.schema)

@@ -55,6 +55,7 @@ from udrflow.views._plan import (
     Stream,
     W,
     batch_evaluate,
+    conform,
     consolidate,
     empty_delta,
     expand,
@@ -565,7 +566,7 @@ class _ViewReader:
             at = min(at, max(self._until, recorded))
         deltas = {}
         for table, node in self._sources.items():
-            rows = self._db.read(table, version=at).select(node.schema.names).cast(node.schema)
+            rows = conform(self._db.read(table, version=at).select(node.schema.names), node.schema)
             deltas[table] = rows.append_column(pa.field(W, pa.int64()), pa.array(np.ones(rows.num_rows, np.int64)))
         self._position = at
         self._emitted = at
@@ -607,9 +608,7 @@ class _ViewReader:
             if batch.kind != "changes" or batch.num_rows == 0:
                 continue
             node = self._sources[batch.table]
-            rows = batch.changes.select(node.schema.names)
-            if not rows.schema.equals(node.schema):
-                rows = rows.cast(node.schema)
+            rows = conform(batch.changes.select(node.schema.names), node.schema)
             w = batch.changes.column(WEIGHT_COLUMN)
             if w.type != pa.int64():
                 w = w.cast(pa.int64())
