@@ -40,7 +40,16 @@ from udrflow._catalog import TableDef
 from udrflow._chunks import ChunkStore, decode_table
 from udrflow._ext._keyhash import hash_large_binary
 from udrflow._fileio import FileIO, make_dirs_durably, remove_file, write_file_durably
-from udrflow._fold import apply_net, drop_sorted_keys, net_keyed, sorted_key_like, work_pool
+from udrflow._fold import (
+    NetChanges,
+    Part,
+    apply_net,
+    apply_patch,
+    find_changes,
+    first_key_integer_like,
+    net_keyed,
+    work_pool,
+)
 from udrflow._schema import conform as conform_to
 from udrflow._schema import schema_from_bytes, schema_to_bytes
 from udrflow.errors import CorruptionError, storage_error_from_os
@@ -188,46 +197,67 @@ class CheckpointStore:
                      net: Callable[[], tuple[pa.Table, pa.Table]]) -> pa.Table:
         """The full checkpoint at ``version`` with net changes applied, as ``apply_net`` would:
         ``net()`` gives them (``_fold.net_keyed``'s rows and deleted keys) and runs on this
-        thread while the pool decodes the chunks; each chunk then has the changed keys
-        dropped in the worker that decoded it. ``net`` must not use the pool (its workers
-        wait for it)."""
+        thread while the pool decodes the chunks. A worker that decodes a chunk once they are
+        known also finds where they fall in it (``_fold.find_changes``; the chunks decoded
+        before are searched afterwards); then ``_fold.apply_patch`` decides once which
+        columns change and writes them (in place for fixed-width ones), and the rows of keys
+        no chunk holds are appended.
+        ``net`` should not use the pool: its tasks would wait behind the decoding.
+
+        A chunk the changes do not touch is kept as decoded, and in one they touch only the
+        columns that changed are written (in place for fixed-width ones: the chunks are
+        decoded for this read alone, not taken from the chunk cache), so a read after many
+        small updates costs about what a read of the checkpoint alone does, plus the changes."""
         m = self.manifest(tdef.name, tdef.created, version)
         pk = list(tdef.primary_key)
-        if m.base or not sorted_key_like(tdef.schema.empty_table(), pk):
+        if m.base or not first_key_integer_like(tdef.schema, pk):
             rows, deleted = net()
             return apply_net(self.read(tdef, version), rows, deleted, pk, tdef.schema, base_sorted=True)
         ready = threading.Event()
-        wanted: list[np.ndarray] = []
+        prepared: list[NetChanges] = []
 
-        def load(digest: str) -> tuple[int, pa.Table]:
-            # Decoded without the chunk cache: the chunk is wanted as changed here, and its
-            # memory, freed right away, is reused for the next chunk instead of taken anew.
+        def find(chunk: pa.Table) -> list[Part]:
+            # A full checkpoint is sorted by key: each chunk is searched by bisection.
+            return find_changes(chunk, prepared[0], table_sorted=True)
+
+        def load(digest: str) -> tuple[int, pa.Table, list[Part] | None]:
+            # Decoded without the chunk cache: the chunk may be changed here, and then its
+            # arrays must be ours alone.
             data = self.chunks.get(digest)
             try:
                 chunk = decode_table(data)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 path = self.chunks.path_of(digest)
                 raise CorruptionError(f"chunk {digest} at {path} is not an Arrow IPC stream: {exc}", path) from exc
-            ready.wait()
-            return chunk.num_rows, drop_sorted_keys(chunk, wanted[0], pk[0]) if wanted else chunk
+            n = chunk.num_rows
+            chunk = conform_to(chunk, tdef.schema)
+            if not ready.is_set() or not prepared:
+                # The changes are not known yet (or there are none): the worker goes on
+                # decoding rather than wait; this chunk is searched once they are.
+                return n, chunk, None
+            return n, chunk, find(chunk)
 
         pool = work_pool()
         futures = [pool.submit(load, h) for h in m.chunks]
         try:
             rows, deleted = net()
-            touched = pa.concat_tables([rows.select(pk), deleted]) if deleted.num_rows else rows.select(pk)
-            wanted.append(np.sort(touched.column(pk[0]).to_numpy()))
+            if rows.num_rows or deleted.num_rows:
+                prepared.append(NetChanges(conform_to(rows, tdef.schema), deleted, pk))
         finally:
-            ready.set()  # also on failure: the workers must finish
-        parts = [f.result() for f in futures]
-        if sum(n for n, _ in parts) != m.rows:
+            ready.set()  # set after ``prepared``: a worker that sees it set may use it
+        decoded = [f.result() for f in futures]
+        total = sum(n for n, _, _ in decoded)
+        if total != m.rows:
             path = self._path(tdef.name, tdef.created, version)
-            raise CorruptionError(f"checkpoint {path} holds {sum(n for n, _ in parts)} rows: its manifest says "
-                                  f"{m.rows}", path)
-        kept = conform_to(pa.concat_tables([t for _, t in parts]), tdef.schema) if parts else None
-        if kept is None or kept.num_rows == 0:
-            return rows
-        return pa.concat_tables([kept, rows]) if rows.num_rows else kept
+            raise CorruptionError(f"checkpoint {path} holds {total} rows: its manifest says {m.rows}", path)
+        if not prepared:
+            return pa.concat_tables([t for _, t, _ in decoded]) if decoded else tdef.schema.empty_table()
+        late = {i: pool.submit(find, t) for i, (_, t, found) in enumerate(decoded) if found is None}
+        parts = [p for i, (_, _, found) in enumerate(decoded) for p in (late[i].result() if i in late else found)]
+        # The chunks were decoded for this read alone: their columns may be written in place.
+        batches, used = apply_patch(parts, prepared[0], owned=True, pool=pool)
+        kept = pa.Table.from_batches(batches, schema=tdef.schema) if batches else tdef.schema.empty_table()
+        return prepared[0].with_new_rows(kept, used, tdef.schema)
 
     def chain(self, tdef: TableDef, version: int) -> list[Manifest]:
         """The delta at ``version`` and the deltas it builds on, oldest first (the full
