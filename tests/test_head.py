@@ -32,6 +32,9 @@ def rows_of(table: pa.Table) -> dict:
 def test_head_matches_a_dict_model(monkeypatch_module, cls, base_ids, history, data):
     model = {k: f"b{k}" for k in base_ids}
     base = pa.table({"id": pa.array(base_ids, pa.int32()), "v": [model[k] for k in base_ids]}, schema=SCHEMA)
+    if base.num_rows >= 3:  # a base of several chunks, as a read returns (take goes batch by batch)
+        cut = base.num_rows // 3
+        base = pa.concat_tables([base.slice(0, cut), base.slice(cut, cut), base.slice(2 * cut)])
     head = cls(SCHEMA, ["id"], base)
     for n, (form, ups, dels) in enumerate(history):
         dels = [k for k in dels if k not in ups]

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from udrflow._ext._intmap import IntMap
-from udrflow._fold import filter_columns, fold_multiset, remove_keys
+from udrflow._fold import filter_columns, fold_multiset, remove_keys, take_rows
 from udrflow._pyrows import rows_to_table
 
 _MISSING = object()
@@ -127,7 +127,7 @@ class KeyedHead:
             table = self.base if first < 0 else self.batches[first]
             if type(table) is list:
                 return rows_to_table([table[r] for r in rows.tolist()], self.schema)
-            return self._fit(table.take(pa.array(rows)))
+            return self._fit(_take(table, rows))
         parts, order = [], []
         for src in np.unique(sources):
             sel = np.flatnonzero(sources == src)
@@ -135,7 +135,7 @@ class KeyedHead:
             if type(table) is list:
                 parts.append(rows_to_table([table[r] for r in rows[sel].tolist()], self.schema))
             else:
-                parts.append(self._fit(table.take(pa.array(rows[sel]))))
+                parts.append(self._fit(_take(table, rows[sel])))
             order.append(sel)
         gathered = pa.concat_tables(parts)
         inverse = np.empty(n, dtype=np.int64)
@@ -189,6 +189,22 @@ class KeyedHead:
         self._base_columns = None
         self.batches = []
         self.overlay = {}
+
+
+def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``table.take(rows)`` without copying a many-chunk table into one first (Arrow's take
+    on chunked columns does): one row is a slice; more go batch by batch (``take_rows``)."""
+    if len(rows) == 1:
+        return table.slice(int(rows[0]), 1)
+    if table.num_columns == 0 or table.column(0).num_chunks <= 1:
+        return table.take(pa.array(rows))
+    order = np.argsort(rows, kind="stable")
+    taken = take_rows(table, rows[order])
+    if (order[1:] > order[:-1]).all():
+        return taken
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.arange(len(order))
+    return taken.take(pa.array(inverse))
 
 
 _INT_KEY_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
