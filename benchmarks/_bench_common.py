@@ -127,3 +127,14 @@ def write_result(result: dict, output: Path) -> None:
     print(text)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text + "\n")
+
+
+def print_targets(targets: list[Target], line: str, notes: Iterable[str] = ()) -> None:
+    """The closing block every benchmark prints: how many targets pass, each target's
+    verdict, the notes, and a rule."""
+    passed = sum(t.passed for t in targets)
+    print(f"targets: {passed}/{len(targets)} pass" + "".join(
+        f"\n    {'PASS' if t.passed else 'MISS'}  {t.name}: {t.value:,.3f} {t.op} {t.target:g}" for t in targets))
+    for note in notes:
+        print(f"note: {note}")
+    print(line)

@@ -68,6 +68,7 @@ from _bench_common import (
     Scratch,
     Target,
     machine_info,
+    print_targets,
     rotated,
     sources_digest,
     targets_json,
@@ -348,12 +349,7 @@ def print_report(result: dict, targets: list[Target]) -> None:
     print(f"    fit over the fast-forward points: {fit['fixed_s'] * 1e3:.1f} ms + {fit['per_changed_row_us']:.2f} us "
           f"x changed rows (R^2 {fit['r2']:.3f})")
     print(line)
-    passed = sum(t.passed for t in targets)
-    print(f"targets: {passed}/{len(targets)} pass" + "".join(
-        f"\n    {'PASS' if t.passed else 'MISS'}  {t.name}: {t.value:,.3f} {t.op} {t.target:g}" for t in targets))
-    for note in result["notes"]:
-        print(f"note: {note}")
-    print(line)
+    print_targets(targets, line, result["notes"])
 
 
 def branches_sources() -> list[Path]:

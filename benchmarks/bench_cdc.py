@@ -76,6 +76,7 @@ from _bench_common import (
     Scratch,
     Target,
     machine_info,
+    print_targets,
     rotated,
     sources_digest,
     targets_json,
@@ -485,10 +486,7 @@ def print_report(result: dict, targets: list[Target], sizes: Sizes) -> None:
     if c is not None:
         print_replay(c, verdicts, sizes)
         print(line)
-    passed = sum(t.passed for t in targets)
-    print(f"targets: {passed}/{len(targets)} pass" + "".join(
-        f"\n    {'PASS' if t.passed else 'MISS'}  {t.name}: {t.value:,.3f} {t.op} {t.target:g}" for t in targets))
-    print(line)
+    print_targets(targets, line)
 
 
 def print_replay(c: dict, verdicts: dict, sizes: Sizes) -> None:

@@ -68,6 +68,7 @@ from _bench_common import (
     Scratch,
     Target,
     machine_info,
+    print_targets,
     rotated,
     sources_digest,
     targets_json,
@@ -469,10 +470,7 @@ def print_report(result: dict, targets: list[Target]) -> None:
     print(f"    ratio {c['threads']} threads / 1 thread = {c['ratio_many_vs_one']:.2f}x  "
           f"{verdict(targets, 'c_many_threads_vs_one')}")
     print(line)
-    passed = sum(t.passed for t in targets)
-    print(f"targets: {passed}/{len(targets)} pass" + "".join(
-        f"\n    {'PASS' if t.passed else 'MISS'}  {t.name}: {t.value:,.3f} {t.op} {t.target:g}" for t in targets))
-    print(line)
+    print_targets(targets, line)
 
 
 def main(argv: list[str] | None = None) -> int:

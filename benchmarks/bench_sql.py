@@ -91,6 +91,7 @@ from _bench_common import (
     Scratch,
     Target,
     machine_info,
+    print_targets,
     rotated,
     sources_digest,
     targets_json,
@@ -388,12 +389,7 @@ def print_report(result: dict, targets: list[Target]) -> None:
         print(f"(c) per-query overhead, {c['query']!r}: udrflow {c['median_s']['udrflow'] * 1e3:.2f} ms, datafusion "
               f"{c['median_s']['datafusion'] * 1e3:.2f} ms: +{c['overhead_ms']:.2f} ms (median of {c['runs']})")
         print(line)
-    passed = sum(t.passed for t in targets)
-    print(f"targets: {passed}/{len(targets)} pass" + "".join(
-        f"\n    {'PASS' if t.passed else 'MISS'}  {t.name}: {t.value:,.3f} {t.op} {t.target:g}" for t in targets))
-    for note in result["notes"]:
-        print(f"note: {note}")
-    print(line)
+    print_targets(targets, line, result["notes"])
 
 
 def print_head(result: dict, a: dict, targets: list[Target], line: str) -> None:

@@ -102,6 +102,7 @@ from _bench_common import (
     Scratch,
     Target,
     machine_info,
+    print_targets,
     rotated,
     sources_digest,
     targets_json,
@@ -762,13 +763,7 @@ def print_report(result: dict, targets: list[Target]) -> None:
     print(f"    (context: db.upsert without a transaction, 1 thread: "
           f"{c['udrflow_upsert_1t']['tx_per_s']:,.0f} tx/s)")
     print(line)
-    passed = sum(t.passed for t in targets)
-    print(f"targets: {passed}/{len(targets)} pass" + "".join(
-        f"\n    {'PASS' if t.passed else 'MISS'}  {t.name}: {t.value:,.3f} {t.op} {t.target:g}"
-        for t in targets))
-    for note in result["notes"]:
-        print(f"note: {note}")
-    print(line)
+    print_targets(targets, line, result["notes"])
 
 
 def main(argv: list[str] | None = None) -> int:
