@@ -21,7 +21,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[test]'
 	touch $@
 
-# Rebuild the Cython extensions in place when a .pyx/.h changed (fast when nothing did).
+# Rebuild the Cython extensions in place when a .pyx/.h or a compiled engine module
+# (udrflow/_compiled.py) changed (fast when nothing did).
 ext: $(VENV)/.installed
 	$(PY) setup.py --quiet build_ext --inplace
 
@@ -41,4 +42,5 @@ bench: install
 	$(PY) benchmarks/bench_log.py
 
 clean:
-	rm -rf build $(VENV) udrflow/_ext/*.c udrflow/_ext/*.so *.egg-info
+	rm -rf build $(VENV) udrflow/_ext/*.c udrflow/*.c udrflow/log/*.c udrflow/views/*.c *.egg-info
+	find udrflow -name '*.so' -delete

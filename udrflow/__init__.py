@@ -6,6 +6,11 @@ source of truth); ``udrflow._database`` opens a database directory and hands out
 a user needs is re-exported here; the rest is private (``_``-prefixed modules).
 """
 
+# ruff: noqa: E402 (the imports below must follow the install)
+from udrflow import _compiled
+
+_compiled.install()  # before any engine module is imported: see udrflow/_compiled.py
+
 from udrflow import errors as errors
 from udrflow._branches import merge_field as merge_field
 from udrflow._database import Database as Database

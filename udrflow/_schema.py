@@ -474,6 +474,11 @@ class _Rejected(Exception):
     """A value of a kind the column does not take (a policy rejection, not an Arrow error)."""
 
 
+# (One name, not ``(_Rejected, *_CONVERSION_ERRORS)`` in each clause: Cython compiles this
+# module, and it does not take starred names in an except clause.)
+_REJECTED_OR_UNCONVERTIBLE = (_Rejected, *_CONVERSION_ERRORS)
+
+
 class _Failure(Exception):
     """One bad column, with the row it goes bad at (to raise the earliest of several)."""
 
@@ -531,7 +536,7 @@ def _from_rows(rows: Sequence, target: pa.Schema, known: dict[str, None], table:
         values = list(map(dict.get, rows, repeat(field.name)))
         try:
             converted[field.name] = _python_column(values, field)
-        except (_Rejected, *_CONVERSION_ERRORS):
+        except _REJECTED_OR_UNCONVERTIBLE:
             failures.append(_locate_python(values, field, table, describe, from_pandas=False))
     return _assemble(pa.table(converted) if converted else pa.table({}), target, known, table, describe,
                      failures, num_rows=len(rows))
@@ -569,7 +574,7 @@ def _from_pandas(df, target: pa.Schema, known: dict[str, None], table: str) -> p
             values = series.astype(object).where(series.notna(), None).tolist()
             try:
                 converted[name] = _python_column(values, field, from_pandas=True)
-            except (_Rejected, *_CONVERSION_ERRORS):
+            except _REJECTED_OR_UNCONVERTIBLE:
                 failures.append(_locate_python(values, field, table, describe, from_pandas=True))
     return _assemble(pa.table(converted) if converted else pa.table({}), target, known, table, describe,
                      failures, num_rows=len(df))
@@ -795,7 +800,7 @@ def _locate_python(values: list, field: pa.Field, table: str, describe: _Describ
     def attempt(k: int) -> Exception | None:
         try:
             _python_column(values[:k], field, from_pandas=from_pandas)
-        except (_Rejected, *_CONVERSION_ERRORS) as exc:
+        except _REJECTED_OR_UNCONVERTIBLE as exc:
             return exc
         return None
 
