@@ -44,7 +44,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
-from udrflow._changefeed import WEIGHT_COLUMN, read_changes
+from udrflow._changefeed import WEIGHT_COLUMN, RawChange, change_delta, read_raw_changes
 from udrflow._clock import utc_now
 from udrflow._database import _view_writer
 from udrflow._limits import PY_ROWS_MAX
@@ -594,25 +594,27 @@ class _ViewReader:
             return []
         parts: dict[str, list[pa.Table]] = {}
         if shared is None:
-            batches = read_changes(engine, set(self._sources), self._position, upto)
+            shared = {}
+            batches = read_raw_changes(engine, set(self._sources), self._position, upto)
         else:
             batches = shared.get((self._position, upto))
             if batches is None:
-                batches = shared[(self._position, upto)] = list(read_changes(engine, tables, self._position, upto))
+                batches = shared[(self._position, upto)] = list(read_raw_changes(engine, tables, self._position,
+                                                                                 upto))
+        sources = self._sources
         for batch in batches:
-            if batch.table not in self._sources:
+            node = sources.get(batch.table)
+            if node is None:
                 continue
             if batch.kind == "drop_table":
                 raise TableNotFoundError(f"view {self._view.name!r} reads table {batch.table!r}, which version "
                                          f"{batch.version} dropped: drop the view or recreate it")
             if batch.kind != "changes" or batch.num_rows == 0:
                 continue
-            node = self._sources[batch.table]
-            rows = conform(batch.changes.select(node.schema.names), node.schema)
-            w = batch.changes.column(WEIGHT_COLUMN)
-            if w.type != pa.int64():
-                w = w.cast(pa.int64())
-            parts.setdefault(batch.table, []).append(rows.append_column(_W_FIELD, w))
+            part = parts.get(batch.table)
+            if part is None:
+                part = parts[batch.table] = []
+            part.append(_source_delta(batch, node, shared))
         self._position = upto
         view = self._view
         deltas = {table: p[0] if len(p) == 1 else pa.concat_tables(p) for table, p in parts.items()}
@@ -637,6 +639,31 @@ class _ViewReader:
 
     def snapshot(self):
         return self._position
+
+
+def _source_delta(batch: RawChange, node: Source, shared: dict) -> pa.Table:
+    """``batch`` as the weighted batch of source ``node`` (its columns, conformed to its
+    schema, and an int64 weight), built once per round for all the views whose source of
+    that table has an equal schema (``shared``: the round's memo)."""
+    out_schema = node.__dict__.get("_delta_schema")
+    if out_schema is None:
+        out_schema = node.__dict__["_delta_schema"] = node.schema.append(_W_FIELD)
+    memo = shared.get(batch)
+    if memo is None:
+        memo = shared[batch] = []
+    for schema, delta in memo:
+        if schema is out_schema or schema.equals(out_schema):
+            return delta
+    delta = change_delta(batch, node.schema, out_schema)
+    if delta is None:
+        changes = batch.change_rows()
+        rows = conform(changes.select(node.schema.names), node.schema)
+        w = changes.column(WEIGHT_COLUMN)
+        if w.type != pa.int64():
+            w = w.cast(pa.int64())
+        delta = rows.append_column(_W_FIELD, w)
+    memo.append((out_schema, delta))
+    return delta
 
 
 class _ViewSink(DynamicSink):
