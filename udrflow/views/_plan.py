@@ -27,10 +27,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from udrflow._changefeed import py_array
 from udrflow.errors import SchemaError, UsageError
 from udrflow.views._expr import Expr, _quote, as_expr
 
 W = "__weight"
+_INT64 = pa.int64()
 JOIN_SIDE_COMPACT_ROWS_MIN = 65536        # a probed join side is consolidated past 2x live + this
 JOIN_SIDE_UNPROBED_ROWS_MAX = 4_000_000   # ... and an unprobed one past 8x live + this (memory bound)
 JOIN_PROBE_SMALL_ROWS = 256               # a change this small probes the other side's key index
@@ -656,11 +658,11 @@ class GroupBy(Stream):
         group_keys = s.keys
         keys = [group_keys[j] for j, _ in entries]
         if len(key_types) == 1:
-            cols = [pa.array(keys, key_types[0])]
+            cols = [py_array(keys, key_types[0])]
         else:
-            cols = [pa.array([key[i] for key in keys], t) for i, t in enumerate(key_types)]
+            cols = [py_array([key[i] for key in keys], t) for i, t in enumerate(key_types)]
         for i, t in enumerate(agg_types):
-            cols.append(pa.array([values[i] for _, values in entries], t))
+            cols.append(py_array([values[i] for _, values in entries], t))
         cols.append(_weights(len(minus), len(plus)))
         return pa.Table.from_arrays(cols, schema=out_schema)
 
@@ -908,9 +910,9 @@ class Join(Stream):
             found = [side.row(pos, self.right_rest) for pos in right_rows]
             types = self._right_types()
             for j, t in enumerate(types):
-                cols.append(pa.array([r[j] for r in found], t))
+                cols.append(py_array([r[j] for r in found], t))
             wl = a.column(W).to_pylist()
-            cols.append(pa.array([x * r[-1] for x, r in zip(wl, found, strict=True)], pa.int64()))
+            cols.append(py_array([x * r[-1] for x, r in zip(wl, found, strict=True)], _INT64))
             return pa.Table.from_arrays(cols, schema=self._out_schema())
         b = side.table().take(pa.array(right_rows, pa.int64()))
         cols += [b.column(n) for n in self.right_rest]

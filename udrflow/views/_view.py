@@ -97,6 +97,7 @@ class View:
         self.definition = definition
         self.created = created
         self._nodes = number_nodes(definition)
+        self._primary_key = definition.primary_key()  # the key of the view's table
         self._group: _Group | None = None  # the background run maintaining it, if any
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -309,15 +310,20 @@ def _apply(tx, table: str, pk: list[str], delta: pa.Table) -> None:
         # A small change (the common case of a view kept current): as Python rows it takes
         # the small-commit path (no Arrow encoding of the commit), about half the CPU. A keyed
         # view's delta is consolidated: at most one -1 and one +1 row per key.
+        names = delta.column_names
+        cols = [c.to_pylist() for c in delta.itercolumns()]
+        at = names.index(W)
+        del names[at]
+        weights = cols.pop(at)
+        key_at = [names.index(k) for k in pk]
         rows, gone = [], {}
-        for r in delta.to_pylist():
-            w = r.pop(W)
+        for w, values in zip(weights, zip(*cols, strict=True), strict=True):
             if w > 0:
-                rows.append(r)
+                rows.append(dict(zip(names, values, strict=True)))
             elif w < 0:
-                gone[tuple(r[k] for k in pk)] = None
+                gone[tuple([values[i] for i in key_at])] = None
         for r in rows:
-            gone.pop(tuple(r[k] for k in pk), None)  # updated in place: upserted, not deleted
+            gone.pop(tuple([r[k] for k in pk]), None)  # updated in place: upserted, not deleted
         if gone:
             tx.delete(table, keys=[dict(zip(pk, k, strict=True)) for k in gone])
         if rows:
@@ -370,7 +376,7 @@ def _commit_views(db, entries: list[tuple[View, int, pa.Table, bool]]) -> None:
         with db.transaction() as tx:
             for view, _version, delta in todo:
                 if delta.num_rows:
-                    _apply(tx, view.name, view.definition.primary_key(), delta)
+                    _apply(tx, view.name, view._primary_key, delta)
             tx.upsert(REGISTRY, rows)
             tx.meta = ({"view": todo[0][0].name, "input_version": todo[0][1]} if len(todo) == 1 else
                        {"views": {view.name: version for view, version, _ in todo}})
