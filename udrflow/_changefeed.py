@@ -234,9 +234,10 @@ def py_array(values: list, type: pa.DataType) -> pa.Array:
     return pa.array(values, type)
 
 
-def _value_arrays(changes: Changes, schema: pa.Schema, fields, at, old_at) -> list[pa.Array]:
+def _value_arrays(changes: Changes, schema: pa.Schema, fields, at, old_at, lists: list | None = None) -> list[pa.Array]:
     """One Arrow array per field of ``fields`` (``at``/``old_at``: each field's value lists),
-    rows in change-batch order: old rows of updates, deleted rows, new rows of updates, inserts."""
+    rows in change-batch order: old rows of updates, deleted rows, new rows of updates, inserts.
+    ``lists``, if given, receives each array's values as a Python list."""
     u, i, d = changes.updates, changes.inserts, changes.deletes
     values = changes.values
     arrays = []
@@ -244,6 +245,8 @@ def _value_arrays(changes: Changes, schema: pa.Schema, fields, at, old_at) -> li
         for field, k, k_old in zip(fields, at, old_at, strict=True):
             if k is None:  # a column the commit does not name (conform's rule: nulls)
                 arrays.append(pa.nulls(2 * u + i + d, field.type))
+                if lists is not None:
+                    lists.append([None] * (2 * u + i + d))
                 continue
             vals = values[k]
             if u:
@@ -252,6 +255,8 @@ def _value_arrays(changes: Changes, schema: pa.Schema, fields, at, old_at) -> li
             else:
                 out = vals[i:] + vals[:i] if d and i else vals
             arrays.append(py_array(out, field.type))
+            if lists is not None:
+                lists.append(out)
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise CorruptionError(f"changes to table {changes.table!r} hold values that are not of the types of "
                               f"{schema}: {exc}") from exc
@@ -441,12 +446,13 @@ def _delta_plan(columns: list[str], table_schema: pa.Schema, schema: pa.Schema, 
     return result
 
 
-def change_delta(raw: RawChange, schema: pa.Schema, out_schema: pa.Schema) -> pa.Table | None:
+def change_delta(raw: RawChange, schema: pa.Schema, out_schema: pa.Schema) -> tuple[pa.Table, list[list]] | None:
     """``raw``'s rows as a view's weighted batch: the columns of ``schema`` (a subset of the
     table's, same types; NOT NULL flags as in ``schema``) plus ``__weight`` int64, with
-    ``out_schema`` = ``schema`` + that column. Built straight from the msgpack values of a
-    small commit (one ``pa.array`` per column, a shared weight array); None for the Arrow
-    form or when the types differ: then the caller converts ``raw.change_rows()``."""
+    ``out_schema`` = ``schema`` + that column; and its columns' values as Python lists.
+    Built straight from the msgpack values of a small commit (one ``pa.array`` per column,
+    a shared weight array); None for the Arrow form or when the types differ: then the
+    caller converts ``raw.change_rows()``."""
     op = raw.op
     if not op.columns:
         return None
@@ -454,9 +460,12 @@ def change_delta(raw: RawChange, schema: pa.Schema, out_schema: pa.Schema) -> pa
     plan = _delta_plan(op.columns, raw.schema, schema, out_schema)
     if plan is None:
         return None
-    arrays = _value_arrays(op, raw.schema, schema, plan[0], plan[1])
-    arrays.append(_w64_for(op.updates, op.inserts, op.deletes))
-    return pa.Table.from_arrays(arrays, schema=out_schema)
+    lists: list[list] = []
+    arrays = _value_arrays(op, raw.schema, schema, plan[0], plan[1], lists)
+    u, i, d = op.updates, op.inserts, op.deletes
+    arrays.append(_w64_for(u, i, d))
+    lists.append([-1] * (u + d) + [1] * (u + i))
+    return pa.Table.from_arrays(arrays, schema=out_schema), lists
 
 
 def read_raw_changes(engine, tables: set[str] | None, after: int, upto: int) -> Iterator[RawChange]:

@@ -140,10 +140,42 @@ def _weights(minus: int, plus: int) -> pa.Array:
     return found
 
 
+# The Python values of small deltas built from Python values (a source's batch of a small
+# commit, a small group-by or join step): the next operator, and the sink, read them back
+# as Python, and ``ChunkedArray.to_pylist`` costs several microseconds a column. Keyed by
+# id() with the table held, so an id is never reused while cached; tables are immutable.
+_PY_COLUMNS: dict[int, tuple[pa.Table, dict[str, list]]] = {}
+_PY_COLUMNS_MAX = 256
+_PY_COLUMNS_ROWS_MAX = 64
+
+
+def remember_columns(table: pa.Table, names: list[str], columns: list[list]) -> pa.Table:
+    """Record ``columns`` (one list per name of ``names``: the table's columns) as the
+    Python values of ``table``; returns ``table``."""
+    if table.num_rows <= _PY_COLUMNS_ROWS_MAX:
+        if len(_PY_COLUMNS) >= _PY_COLUMNS_MAX:
+            _PY_COLUMNS.clear()
+        _PY_COLUMNS[id(table)] = (table, dict(zip(names, columns, strict=True)))
+    return table
+
+
+def _remembered(table: pa.Table) -> dict[str, list] | None:
+    hit = _PY_COLUMNS.get(id(table))
+    return hit[1] if hit is not None and hit[0] is table else None
+
+
+def pycol(table: pa.Table, name: str) -> list:
+    """``table.column(name).to_pylist()`` (from the recorded values when there are any)."""
+    hit = _PY_COLUMNS.get(id(table))
+    if hit is not None and hit[0] is table:
+        return hit[1][name]
+    return table.column(name).to_pylist()
+
+
 def _key_list(table: pa.Table, keys: list[str]) -> list:
     if len(keys) == 1:
-        return table.column(keys[0]).to_pylist()
-    return list(zip(*(table.column(k).to_pylist() for k in keys), strict=True))
+        return pycol(table, keys[0])
+    return list(zip(*(pycol(table, k) for k in keys), strict=True))
 
 
 def _has_null_key(key, n_keys: int) -> bool:
@@ -621,7 +653,7 @@ class GroupBy(Stream):
         costs more than the work for a handful of rows)."""
         key_types, agg_types, aggs, out_schema = self._small_plan()
         slots = self._slots(s, _key_list(d, self.keys))
-        w = d.column(W).to_pylist()
+        w = pycol(d, W)
         changed = sorted(set(slots))
         rows = s.rows
         before = {j: (rows.item(j), self._scalar_values(s, j, aggs)) for j in changed}
@@ -632,7 +664,7 @@ class GroupBy(Stream):
             if nonnull is None:
                 continue
             sums = s.sums[i]
-            for slot, value, dw in zip(slots, d.column(column).to_pylist(), w, strict=True):
+            for slot, value, dw in zip(slots, pycol(d, column), w, strict=True):
                 if value is not None:
                     nonnull[slot] += dw
                     if sums is not None:
@@ -657,14 +689,12 @@ class GroupBy(Stream):
             return self._empty()
         group_keys = s.keys
         keys = [group_keys[j] for j, _ in entries]
-        if len(key_types) == 1:
-            cols = [py_array(keys, key_types[0])]
-        else:
-            cols = [py_array([key[i] for key in keys], t) for i, t in enumerate(key_types)]
-        for i, t in enumerate(agg_types):
-            cols.append(py_array([values[i] for _, values in entries], t))
+        lists = [keys] if len(key_types) == 1 else [[key[i] for key in keys] for i in range(len(key_types))]
+        lists += [[values[i] for _, values in entries] for i in range(len(agg_types))]
+        cols = [py_array(values, t) for values, t in zip(lists, key_types + agg_types, strict=True)]
         cols.append(_weights(len(minus), len(plus)))
-        return pa.Table.from_arrays(cols, schema=out_schema)
+        lists.append([-1] * len(minus) + [1] * len(plus))
+        return remember_columns(pa.Table.from_arrays(cols, schema=out_schema), out_schema.names, lists)
 
     def _scalar_values(self, s: _GroupState, j: int, aggs: list | None = None) -> tuple:
         """Group ``j``'s aggregates as Python values (count/sum/avg only), as ``_values``."""
@@ -903,17 +933,23 @@ class Join(Stream):
         # Each changed row matching one row (a dimension lookup): the changed rows as they are.
         a = small if len(left_rows) == len(keys) and left_rows == list(range(len(keys))) else (
             small.take(pa.array(left_rows, pa.int64())))
-        cols = [a.column(n) for n in self.children[0].schema.names]
+        left_names = self.children[0].schema.names
+        cols = [a.column(n) for n in left_names]
         if len(right_rows) <= JOIN_PROBE_PY_ROWS:
             # A few matched rows: their values as Python (cached per position while the side
             # does not change) beat a take kernel over the whole side.
             found = [side.row(pos, self.right_rest) for pos in right_rows]
-            types = self._right_types()
-            for j, t in enumerate(types):
-                cols.append(py_array([r[j] for r in found], t))
-            wl = a.column(W).to_pylist()
-            cols.append(py_array([x * r[-1] for x, r in zip(wl, found, strict=True)], _INT64))
-            return pa.Table.from_arrays(cols, schema=self._out_schema())
+            lists = [[r[j] for r in found] for j in range(len(self.right_rest))]
+            for values, t in zip(lists, self._right_types(), strict=True):
+                cols.append(py_array(values, t))
+            w = [x * r[-1] for x, r in zip(pycol(a, W), found, strict=True)]
+            cols.append(py_array(w, _INT64))
+            out_schema = self._out_schema()
+            out = pa.Table.from_arrays(cols, schema=out_schema)
+            known = _remembered(a)
+            if known is not None:
+                remember_columns(out, out_schema.names, [known[n] for n in left_names] + lists + [w])
+            return out
         b = side.table().take(pa.array(right_rows, pa.int64()))
         cols += [b.column(n) for n in self.right_rest]
         out = pa.Table.from_arrays(cols, schema=self.schema)

@@ -61,6 +61,8 @@ from udrflow.views._plan import (
     expand,
     from_json,
     number_nodes,
+    pycol,
+    remember_columns,
     step_view,
 )
 
@@ -310,8 +312,8 @@ def _apply(tx, table: str, pk: list[str], delta: pa.Table) -> None:
         # A small change (the common case of a view kept current): as Python rows it takes
         # the small-commit path (no Arrow encoding of the commit), about half the CPU. A keyed
         # view's delta is consolidated: at most one -1 and one +1 row per key.
-        names = delta.column_names
-        cols = [c.to_pylist() for c in delta.itercolumns()]
+        names = delta.schema.names
+        cols = [pycol(delta, n) for n in names]
         at = names.index(W)
         del names[at]
         weights = cols.pop(at)
@@ -660,8 +662,10 @@ def _source_delta(batch: RawChange, node: Source, shared: dict) -> pa.Table:
     for schema, delta in memo:
         if schema is out_schema or schema.equals(out_schema):
             return delta
-    delta = change_delta(batch, node.schema, out_schema)
-    if delta is None:
+    found = change_delta(batch, node.schema, out_schema)
+    if found is not None:
+        delta = remember_columns(found[0], out_schema.names, found[1])
+    else:
         changes = batch.change_rows()
         rows = conform(changes.select(node.schema.names), node.schema)
         w = changes.column(WEIGHT_COLUMN)
