@@ -184,7 +184,16 @@ def _change_rows_from_values(changes: Changes, schema: pa.Schema) -> pa.Table:
     update rows for the columns that changed. Out: old rows of updates, deleted rows (-1),
     then new rows of updates, inserts (+1)."""
     u, i, d = changes.updates, changes.inserts, changes.deletes
-    n = u + i + d
+    change_schema, at, old_at, _ = _check_values(changes, schema)
+    arrays = _value_arrays(changes, schema, schema, at, old_at)
+    ops, weights = _op_arrays_for(u, i, d)
+    arrays.append(ops)
+    arrays.append(weights)
+    return pa.Table.from_arrays(arrays, schema=change_schema)
+
+
+def _check_values(changes: Changes, schema: pa.Schema) -> tuple:
+    """The plan of ``changes`` (msgpack form) for ``schema``, after checking its shape."""
     columns, values = changes.columns, changes.values
     if len(values) != len(columns):
         raise CorruptionError(f"changes to table {changes.table!r} name {len(columns)} columns but hold "
@@ -193,17 +202,51 @@ def _change_rows_from_values(changes: Changes, schema: pa.Schema) -> pa.Table:
     if plan is None:
         raise CorruptionError(f"changes to table {changes.table!r} hold columns {columns}: expected columns of "
                               f"the table ({schema.names}), each once")
-    change_schema, at, old_at, is_old = plan
-    for k, old in enumerate(is_old):
+    u = changes.updates
+    n = u + changes.inserts + changes.deletes
+    for k, old in enumerate(plan[3]):
         expected = u if old else n
         if len(values[k]) != expected:
             raise CorruptionError(f"changes to table {changes.table!r} hold column {columns[k]!r} with "
                                   f"{len(values[k])} values: expected {expected}")
+    return plan
+
+
+_INT64_ID = pa.int64().id
+_FLOAT64_ID = pa.float64().id
+
+
+def py_array(values: list, type: pa.DataType) -> pa.Array:
+    """``pa.array(values, type)``, through numpy for a plain int64 or float64 list (no
+    nulls): a few rows then skip Arrow's Python-sequence converter, which costs ~1.5 us
+    more per call (it reads an environment variable every time)."""
+    t = type.id
+    if t == _INT64_ID:
+        for v in values:
+            if v.__class__ is not int:
+                return pa.array(values, type)
+        return pa.array(np.array(values, np.int64), type)
+    if t == _FLOAT64_ID:
+        for v in values:
+            if v.__class__ is not float:
+                return pa.array(values, type)
+        return pa.array(np.array(values, np.float64), type)
+    return pa.array(values, type)
+
+
+def _value_arrays(changes: Changes, schema: pa.Schema, fields, at, old_at, lists: list | None = None) -> list[pa.Array]:
+    """One Arrow array per field of ``fields`` (``at``/``old_at``: each field's value lists),
+    rows in change-batch order: old rows of updates, deleted rows, new rows of updates, inserts.
+    ``lists``, if given, receives each array's values as a Python list."""
+    u, i, d = changes.updates, changes.inserts, changes.deletes
+    values = changes.values
     arrays = []
     try:
-        for field, k, k_old in zip(schema, at, old_at, strict=True):
+        for field, k, k_old in zip(fields, at, old_at, strict=True):
             if k is None:  # a column the commit does not name (conform's rule: nulls)
-                arrays.append(pa.nulls(n + u, field.type))
+                arrays.append(pa.nulls(2 * u + i + d, field.type))
+                if lists is not None:
+                    lists.append([None] * (2 * u + i + d))
                 continue
             vals = values[k]
             if u:
@@ -211,14 +254,13 @@ def _change_rows_from_values(changes: Changes, schema: pa.Schema) -> pa.Table:
                 out = old + vals[u + i:] + vals[:u + i] if d else old + vals
             else:
                 out = vals[i:] + vals[:i] if d and i else vals
-            arrays.append(pa.array(out, type=field.type))
+            arrays.append(py_array(out, field.type))
+            if lists is not None:
+                lists.append(out)
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise CorruptionError(f"changes to table {changes.table!r} hold values that are not of the types of "
                               f"{schema}: {exc}") from exc
-    ops, weights = _op_arrays_for(u, i, d)
-    arrays.append(ops)
-    arrays.append(weights)
-    return pa.Table.from_arrays(arrays, schema=change_schema)
+    return arrays
 
 
 # ---- reading commits as change batches -------------------------------------------------
@@ -239,19 +281,51 @@ class _Reader:
             engine.refresh()
         return engine.catalog
 
-    def batches(self, record) -> list[ChangeBatch]:
+    def _ops(self, record) -> list | None:
+        """The operations of ``record``; None if none touches the wanted tables."""
         version = record.version
         payload = record.payload
         wanted = self.tables
         if wanted is None or len(payload) <= _WHOLE_DECODE_BYTES_MAX:
             ops = decode_commit(payload, version).ops
-            if wanted is not None and not any(op.table in wanted for op in ops):
-                return []
-        else:
-            header = decode_header(payload, version)
-            if not any(op.table in wanted for op in header.ops):
-                return []
-            ops = decode_commit(payload, version).ops
+            if wanted is not None:
+                for op in ops:
+                    if op.table in wanted:
+                        return ops
+                return None
+            return ops
+        header = decode_header(payload, version)
+        if not any(op.table in wanted for op in header.ops):
+            return None
+        return decode_commit(payload, version).ops
+
+    def raw(self, record) -> list[RawChange]:
+        """``batches`` without building the change batches' Arrow tables (see ``RawChange``)."""
+        ops = self._ops(record)
+        if ops is None:
+            return []
+        version = record.version
+        catalog = self._catalog_at(version)
+        wanted = self.tables
+        out: list[RawChange] = []
+        for op in ops:
+            if wanted is not None and op.table not in wanted:
+                continue
+            if isinstance(op, Changes):
+                out.append(RawChange(version, op.table, "changes", op, catalog.get(op.table, version).schema,
+                                     self.engine.chunks))
+            else:
+                kind = _DDL_KINDS[type(op)]
+                tdef = catalog.get(op.table, version - 1 if kind == "drop_table" else version)
+                out.append(RawChange(version, op.table, kind, None, tdef.schema, None))
+        return out
+
+    def batches(self, record) -> list[ChangeBatch]:
+        ops = self._ops(record)
+        if ops is None:
+            return []
+        version = record.version
+        wanted = self.tables
         catalog = self._catalog_at(version)
         out: list[ChangeBatch] = []
         for op in ops:
@@ -299,6 +373,113 @@ def _check_start(engine, tables: set[str] | None, after: int) -> None:
         if after < since and after >= tdef.created:
             raise VersionNotFoundError(f"from_version={after} is below since={since} of table {name!r}: its "
                                        f"history before it was removed by retention")
+
+
+class RawChange:
+    """One table's operation in one commit, decoded but not yet built as Arrow: what a view's
+    source needs to build its own weighted batch (``change_delta``) without the ``__op``
+    column, and once per distinct source schema for all the views that read the table."""
+
+    __slots__ = ("version", "table", "kind", "op", "schema", "chunks")
+
+    def __init__(self, version: int, table: str, kind: str, op: Changes | None, schema: pa.Schema, chunks) -> None:
+        self.version = version
+        self.table = table
+        self.kind = kind
+        self.op = op            # the Changes (kind "changes"), else None
+        self.schema = schema    # the table's schema at the version (before it, for drop_table)
+        self.chunks = chunks
+
+    @property
+    def num_rows(self) -> int:
+        op = self.op
+        return 0 if op is None else 2 * op.updates + op.inserts + op.deletes
+
+    def change_rows(self) -> pa.Table:
+        """The change batch's rows (as ``ChangeBatch.changes``)."""
+        if self.op is None:
+            return empty_changes(self.schema)
+        op = self.op
+        return change_rows(op, self.schema, self.chunks.get_table if op.chunk_tables else self.chunks.get)
+
+
+_W64_ARRAYS_CACHE_MAX = 1024
+_w64_arrays: dict[tuple[int, int, int], pa.Array] = {}
+
+
+def _w64_for(u: int, i: int, d: int) -> pa.Array:
+    key = (u, i, d)
+    found = _w64_arrays.get(key)
+    if found is None:
+        found = pa.array([-1] * (u + d) + [1] * (u + i), pa.int64())
+        if u + i + d <= _OP_ARRAYS_ROWS_MAX:
+            if len(_w64_arrays) >= _W64_ARRAYS_CACHE_MAX:
+                _w64_arrays.clear()
+            _w64_arrays[key] = found
+    return found
+
+
+def _delta_plan(columns: list[str], table_schema: pa.Schema, schema: pa.Schema, out_schema: pa.Schema) -> tuple | None:
+    """For ``change_delta``: per field of ``schema``, the indexes of its values and ``__old_``
+    values in ``columns`` (msgpack form of a table with ``table_schema``); None when a field
+    is not the table's with the same type (then the caller converts the generic way)."""
+    key = (id(table_schema), id(out_schema), tuple(columns))
+    found = _plans.get(key)
+    if found is not None and found[0] is table_schema and found[1] is out_schema:
+        return found[2]
+    plan = _values_plan(columns, table_schema)
+    if plan is None:
+        return None
+    _, at, old_at, _ = plan
+    names = table_schema.names
+    out_at, out_old = [], []
+    for field in schema:
+        j = table_schema.get_field_index(field.name)
+        if j < 0 or not table_schema.field(j).type.equals(field.type) or names.count(field.name) != 1:
+            return None
+        out_at.append(at[j])
+        out_old.append(old_at[j])
+    result = (out_at, out_old)
+    if len(_plans) >= _PLANS_CACHE_MAX:
+        _plans.clear()
+    _plans[key] = (table_schema, out_schema, result)  # holds both, so their id()s are not reused
+    return result
+
+
+def change_delta(raw: RawChange, schema: pa.Schema, out_schema: pa.Schema) -> tuple[pa.Table, list[list]] | None:
+    """``raw``'s rows as a view's weighted batch: the columns of ``schema`` (a subset of the
+    table's, same types; NOT NULL flags as in ``schema``) plus ``__weight`` int64, with
+    ``out_schema`` = ``schema`` + that column; and its columns' values as Python lists.
+    Built straight from the msgpack values of a small commit (one ``pa.array`` per column,
+    a shared weight array); None for the Arrow form or when the types differ: then the
+    caller converts ``raw.change_rows()``."""
+    op = raw.op
+    if not op.columns:
+        return None
+    _check_values(op, raw.schema)
+    plan = _delta_plan(op.columns, raw.schema, schema, out_schema)
+    if plan is None:
+        return None
+    lists: list[list] = []
+    arrays = _value_arrays(op, raw.schema, schema, plan[0], plan[1], lists)
+    u, i, d = op.updates, op.inserts, op.deletes
+    arrays.append(_w64_for(u, i, d))
+    lists.append([-1] * (u + d) + [1] * (u + i))
+    return pa.Table.from_arrays(arrays, schema=out_schema), lists
+
+
+def read_raw_changes(engine, tables: set[str] | None, after: int, upto: int) -> Iterator[RawChange]:
+    """``read_changes`` as ``RawChange`` items (no Arrow built yet)."""
+    if upto <= after:
+        return
+    if engine.parent is not None and after < engine.fork:
+        yield from read_raw_changes(engine.parent, tables, after, min(upto, engine.fork))
+        after = engine.fork
+        if upto <= after:
+            return
+    reader = _Reader(engine, tables)
+    for record in engine.log.scan(after + 1, upto):
+        yield from reader.raw(record)
 
 
 def read_changes(engine, tables: set[str] | None, after: int, upto: int) -> Iterator[ChangeBatch]:

@@ -27,13 +27,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from udrflow._changefeed import py_array
 from udrflow.errors import SchemaError, UsageError
 from udrflow.views._expr import Expr, _quote, as_expr
 
 W = "__weight"
+_INT64 = pa.int64()
 JOIN_SIDE_COMPACT_ROWS_MIN = 65536        # a probed join side is consolidated past 2x live + this
 JOIN_SIDE_UNPROBED_ROWS_MAX = 4_000_000   # ... and an unprobed one past 8x live + this (memory bound)
 JOIN_PROBE_SMALL_ROWS = 256               # a change this small probes the other side's key index
+JOIN_PROBE_PY_ROWS = 16                   # ... and takes this few matched rows as Python values
+JOIN_SIDE_ROW_CACHE_MAX = 65536           # rows of a side kept as Python values for such probes
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "count_distinct")
 JOIN_KINDS = ("inner", "left")
 
@@ -121,10 +125,57 @@ def expand(delta: pa.Table) -> tuple[pa.Table, pa.Table]:
     return plus, minus
 
 
+_WEIGHTS: dict[tuple[int, int], pa.Array] = {}
+
+
+def _weights(minus: int, plus: int) -> pa.Array:
+    """An int64 weight array of ``minus`` -1s then ``plus`` +1s (shared for small counts:
+    Arrow arrays are immutable)."""
+    key = (minus, plus)
+    found = _WEIGHTS.get(key)
+    if found is None:
+        found = pa.array([-1] * minus + [1] * plus, pa.int64())
+        if minus + plus <= 16:
+            _WEIGHTS[key] = found
+    return found
+
+
+# The Python values of small deltas built from Python values (a source's batch of a small
+# commit, a small group-by or join step): the next operator, and the sink, read them back
+# as Python, and ``ChunkedArray.to_pylist`` costs several microseconds a column. Keyed by
+# id() with the table held, so an id is never reused while cached; tables are immutable.
+_PY_COLUMNS: dict[int, tuple[pa.Table, dict[str, list]]] = {}
+_PY_COLUMNS_MAX = 256
+_PY_COLUMNS_ROWS_MAX = 64
+
+
+def remember_columns(table: pa.Table, names: list[str], columns: list[list]) -> pa.Table:
+    """Record ``columns`` (one list per name of ``names``: the table's columns) as the
+    Python values of ``table``; returns ``table``."""
+    if table.num_rows <= _PY_COLUMNS_ROWS_MAX:
+        if len(_PY_COLUMNS) >= _PY_COLUMNS_MAX:
+            _PY_COLUMNS.clear()
+        _PY_COLUMNS[id(table)] = (table, dict(zip(names, columns, strict=True)))
+    return table
+
+
+def _remembered(table: pa.Table) -> dict[str, list] | None:
+    hit = _PY_COLUMNS.get(id(table))
+    return hit[1] if hit is not None and hit[0] is table else None
+
+
+def pycol(table: pa.Table, name: str) -> list:
+    """``table.column(name).to_pylist()`` (from the recorded values when there are any)."""
+    hit = _PY_COLUMNS.get(id(table))
+    if hit is not None and hit[0] is table:
+        return hit[1][name]
+    return table.column(name).to_pylist()
+
+
 def _key_list(table: pa.Table, keys: list[str]) -> list:
     if len(keys) == 1:
-        return table.column(keys[0]).to_pylist()
-    return list(zip(*(table.column(k).to_pylist() for k in keys), strict=True))
+        return pycol(table, keys[0])
+    return list(zip(*(pycol(table, k) for k in keys), strict=True))
 
 
 def _has_null_key(key, n_keys: int) -> bool:
@@ -583,35 +634,50 @@ class GroupBy(Stream):
             ok = self.__dict__["_scalar"] = all(a.func in ("count", "sum", "avg") for a in self.aggs.values())
         return ok
 
+    def _small_plan(self) -> tuple:
+        """What ``_step_small`` needs of the node, computed once: key and aggregate output
+        types, (index, func, column) per aggregate, the output schema with the weight."""
+        plan = self.__dict__.get("_small")
+        if plan is None:
+            n_keys = len(self.keys)
+            plan = self.__dict__["_small"] = (
+                [self.schema.field(i).type for i in range(n_keys)],
+                [self.schema.field(n_keys + i).type for i in range(len(self.aggs))],
+                [(i, agg.func, agg.column) for i, agg in enumerate(self.aggs.values())],
+                self._empty().schema)
+        return plan
+
     def _step_small(self, s: _GroupState, d: pa.Table) -> pa.Table:
         """``step`` for a few changed rows (a single update): the same arithmetic on the same
         numpy state a row at a time, with no Arrow kernel per aggregate (launching those
         costs more than the work for a handful of rows)."""
+        key_types, agg_types, aggs, out_schema = self._small_plan()
         slots = self._slots(s, _key_list(d, self.keys))
-        w = d.column(W).to_pylist()
+        w = pycol(d, W)
         changed = sorted(set(slots))
-        before = {j: (int(s.rows[j]), self._scalar_values(s, j)) for j in changed}
         rows = s.rows
+        before = {j: (rows.item(j), self._scalar_values(s, j, aggs)) for j in changed}
         for slot, dw in zip(slots, w, strict=True):
             rows[slot] += dw
-        for i, agg in enumerate(self.aggs.values()):
+        for i, _func, column in aggs:
             nonnull = s.nonnull[i]
             if nonnull is None:
                 continue
             sums = s.sums[i]
-            for slot, value, dw in zip(slots, d.column(agg.column).to_pylist(), w, strict=True):
+            for slot, value, dw in zip(slots, pycol(d, column), w, strict=True):
                 if value is not None:
                     nonnull[slot] += dw
                     if sums is not None:
                         sums[slot] += value * dw
-        gone = [j for j in changed if rows[j] < 0]
-        if gone:
-            raise SchemaError(f"group_by state went negative for {len(gone)} groups: a change deleted rows that "
-                              f"were never inserted")
         minus, plus = [], []
         for j in changed:
             old_n, old_values = before[j]
-            new_n, new_values = int(rows[j]), self._scalar_values(s, j)
+            new_n = rows.item(j)
+            if new_n < 0:
+                gone = sum(1 for j in changed if rows.item(j) < 0)
+                raise SchemaError(f"group_by state went negative for {gone} groups: a change deleted rows that "
+                                  f"were never inserted")
+            new_values = self._scalar_values(s, j, aggs)
             if old_n > 0 and new_n > 0 and old_values == new_values:
                 continue
             if old_n > 0:
@@ -621,30 +687,29 @@ class GroupBy(Stream):
         entries = minus + plus
         if not entries:
             return self._empty()
-        n_keys = len(self.keys)
-        cols = []
-        for i, k in enumerate(self.keys):
-            keys = [s.keys[j] for j, _ in entries]
-            cols.append(pa.array(keys if n_keys == 1 else [key[i] for key in keys], self.schema.field(k).type))
-        for i in range(len(self.aggs)):
-            cols.append(pa.array([values[i] for _, values in entries], self.schema.field(n_keys + i).type))
-        cols.append(pa.array([-1] * len(minus) + [1] * len(plus), pa.int64()))
-        return pa.Table.from_arrays(cols, schema=self._empty().schema)
+        group_keys = s.keys
+        keys = [group_keys[j] for j, _ in entries]
+        lists = [keys] if len(key_types) == 1 else [[key[i] for key in keys] for i in range(len(key_types))]
+        lists += [[values[i] for _, values in entries] for i in range(len(agg_types))]
+        cols = [py_array(values, t) for values, t in zip(lists, key_types + agg_types, strict=True)]
+        cols.append(_weights(len(minus), len(plus)))
+        lists.append([-1] * len(minus) + [1] * len(plus))
+        return remember_columns(pa.Table.from_arrays(cols, schema=out_schema), out_schema.names, lists)
 
-    def _scalar_values(self, s: _GroupState, j: int) -> tuple:
+    def _scalar_values(self, s: _GroupState, j: int, aggs: list | None = None) -> tuple:
         """Group ``j``'s aggregates as Python values (count/sum/avg only), as ``_values``."""
         out = []
-        for i, agg in enumerate(self.aggs.values()):
-            if agg.func == "count":
-                out.append(int(s.rows[j] if agg.column is None else s.nonnull[i][j]))
+        for i, func, column in aggs or self._small_plan()[2]:
+            if func == "count":
+                out.append(s.rows.item(j) if column is None else s.nonnull[i].item(j))
                 continue
-            n = int(s.nonnull[i][j])
+            n = s.nonnull[i].item(j)
             if n == 0:
                 out.append(None)
-            elif agg.func == "avg":
-                out.append(float(s.sums[i][j] / n))
+            elif func == "avg":
+                out.append(s.sums[i].item(j) / n)
             else:
-                out.append(s.sums[i][j].item())
+                out.append(s.sums[i].item(j))
         return tuple(out)
 
     def _empty(self) -> pa.Table:
@@ -768,6 +833,7 @@ class _Side:
         live = consolidate(pa.concat_tables(self.chunks))
         self.chunks, self.rows, self.compacted_rows = [live], live.num_rows, live.num_rows
         self._index = None
+        self._rows = None
 
     def index(self, on: list[str]) -> dict:
         """key -> positions in ``table()``; rebuilt only after the side changed."""
@@ -779,12 +845,27 @@ class _Side:
             self._index = index
         return index
 
+    def row(self, pos: int, names: list[str]) -> tuple:
+        """Row ``pos`` of ``table()``: the values of ``names`` then the weight, as Python
+        (cached while the side does not change; ``names`` is always the same per side)."""
+        rows = self.__dict__.get("_rows")
+        if rows is None:
+            rows = self._rows = {}
+        found = rows.get(pos)
+        if found is None:
+            if len(rows) >= JOIN_SIDE_ROW_CACHE_MAX:
+                rows.clear()
+            table = self.table()
+            found = rows[pos] = tuple(table.column(n)[pos].as_py() for n in names) + (table.column(W)[pos].as_py(),)
+        return found
+
     def add(self, delta: pa.Table) -> None:
         if delta.num_rows == 0:
             return
         self.chunks.append(delta)
         self.rows += delta.num_rows
         self._index = None
+        self._rows = None
         if self.rows > 8 * self.compacted_rows + JOIN_SIDE_UNPROBED_ROWS_MAX:
             self._compact()
 
@@ -837,7 +918,6 @@ class Join(Stream):
         building a hash table over the whole other side (the index is built once and kept
         while that side does not change, as a static dimension table does not)."""
         index = side.index(self.on)
-        table = side.table()
         keys = _key_list(small, self.on)
         n_keys = len(self.on)
         left_rows, right_rows = [], []
@@ -850,11 +930,42 @@ class Join(Stream):
                 right_rows.extend(hits)
         if not left_rows:
             return empty_delta(self.schema)
-        a = small.take(pa.array(left_rows, pa.int64()))
-        b = table.take(pa.array(right_rows, pa.int64()))
-        cols = [a.column(n) for n in self.children[0].schema.names] + [b.column(n) for n in self.right_rest]
+        # Each changed row matching one row (a dimension lookup): the changed rows as they are.
+        a = small if len(left_rows) == len(keys) and left_rows == list(range(len(keys))) else (
+            small.take(pa.array(left_rows, pa.int64())))
+        left_names = self.children[0].schema.names
+        cols = [a.column(n) for n in left_names]
+        if len(right_rows) <= JOIN_PROBE_PY_ROWS:
+            # A few matched rows: their values as Python (cached per position while the side
+            # does not change) beat a take kernel over the whole side.
+            found = [side.row(pos, self.right_rest) for pos in right_rows]
+            lists = [[r[j] for r in found] for j in range(len(self.right_rest))]
+            for values, t in zip(lists, self._right_types(), strict=True):
+                cols.append(py_array(values, t))
+            w = [x * r[-1] for x, r in zip(pycol(a, W), found, strict=True)]
+            cols.append(py_array(w, _INT64))
+            out_schema = self._out_schema()
+            out = pa.Table.from_arrays(cols, schema=out_schema)
+            known = _remembered(a)
+            if known is not None:
+                remember_columns(out, out_schema.names, [known[n] for n in left_names] + lists + [w])
+            return out
+        b = side.table().take(pa.array(right_rows, pa.int64()))
+        cols += [b.column(n) for n in self.right_rest]
         out = pa.Table.from_arrays(cols, schema=self.schema)
         return out.append_column(pa.field(W, pa.int64()), pc.multiply(a.column(W), b.column(W)))
+
+    def _right_types(self) -> list[pa.DataType]:
+        t = self.__dict__.get("_rtypes")
+        if t is None:
+            t = self.__dict__["_rtypes"] = [self.schema.field(n).type for n in self.right_rest]
+        return t
+
+    def _out_schema(self) -> pa.Schema:
+        e = self.__dict__.get("_out")
+        if e is None:
+            e = self.__dict__["_out"] = empty_delta(self.schema).schema
+        return e
 
     def step(self, state, deltas) -> pa.Table:
         dl = self.children[0].out(state, deltas)
@@ -874,7 +985,7 @@ class Join(Stream):
         out = [o for o in out if o.num_rows]
         # Not consolidated here: weights are linear downstream, and the view's output is
         # consolidated once at the end of the step.
-        return pa.concat_tables(out) if out else empty_delta(self.schema)
+        return (out[0] if len(out) == 1 else pa.concat_tables(out)) if out else empty_delta(self.schema)
 
     def _antijoin_delta(self, left: _Side, right: _Side, dl, dr, l_old) -> pa.Table:
         """Left rows without a match, padded with nulls: see the case analysis in docs/views.md."""

@@ -44,7 +44,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
-from udrflow._changefeed import WEIGHT_COLUMN, read_changes
+from udrflow._changefeed import WEIGHT_COLUMN, RawChange, change_delta, read_raw_changes
 from udrflow._clock import utc_now
 from udrflow._database import _view_writer
 from udrflow._limits import PY_ROWS_MAX
@@ -61,6 +61,8 @@ from udrflow.views._plan import (
     expand,
     from_json,
     number_nodes,
+    pycol,
+    remember_columns,
     step_view,
 )
 
@@ -97,6 +99,7 @@ class View:
         self.definition = definition
         self.created = created
         self._nodes = number_nodes(definition)
+        self._primary_key = definition.primary_key()  # the key of the view's table
         self._group: _Group | None = None  # the background run maintaining it, if any
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -309,15 +312,20 @@ def _apply(tx, table: str, pk: list[str], delta: pa.Table) -> None:
         # A small change (the common case of a view kept current): as Python rows it takes
         # the small-commit path (no Arrow encoding of the commit), about half the CPU. A keyed
         # view's delta is consolidated: at most one -1 and one +1 row per key.
+        names = delta.schema.names
+        cols = [pycol(delta, n) for n in names]
+        at = names.index(W)
+        del names[at]
+        weights = cols.pop(at)
+        key_at = [names.index(k) for k in pk]
         rows, gone = [], {}
-        for r in delta.to_pylist():
-            w = r.pop(W)
+        for w, values in zip(weights, zip(*cols, strict=True), strict=True):
             if w > 0:
-                rows.append(r)
+                rows.append(dict(zip(names, values, strict=True)))
             elif w < 0:
-                gone[tuple(r[k] for k in pk)] = None
+                gone[tuple([values[i] for i in key_at])] = None
         for r in rows:
-            gone.pop(tuple(r[k] for k in pk), None)  # updated in place: upserted, not deleted
+            gone.pop(tuple([r[k] for k in pk]), None)  # updated in place: upserted, not deleted
         if gone:
             tx.delete(table, keys=[dict(zip(pk, k, strict=True)) for k in gone])
         if rows:
@@ -370,7 +378,7 @@ def _commit_views(db, entries: list[tuple[View, int, pa.Table, bool]]) -> None:
         with db.transaction() as tx:
             for view, _version, delta in todo:
                 if delta.num_rows:
-                    _apply(tx, view.name, view.definition.primary_key(), delta)
+                    _apply(tx, view.name, view._primary_key, delta)
             tx.upsert(REGISTRY, rows)
             tx.meta = ({"view": todo[0][0].name, "input_version": todo[0][1]} if len(todo) == 1 else
                        {"views": {view.name: version for view, version, _ in todo}})
@@ -594,25 +602,27 @@ class _ViewReader:
             return []
         parts: dict[str, list[pa.Table]] = {}
         if shared is None:
-            batches = read_changes(engine, set(self._sources), self._position, upto)
+            shared = {}
+            batches = read_raw_changes(engine, set(self._sources), self._position, upto)
         else:
             batches = shared.get((self._position, upto))
             if batches is None:
-                batches = shared[(self._position, upto)] = list(read_changes(engine, tables, self._position, upto))
+                batches = shared[(self._position, upto)] = list(read_raw_changes(engine, tables, self._position,
+                                                                                 upto))
+        sources = self._sources
         for batch in batches:
-            if batch.table not in self._sources:
+            node = sources.get(batch.table)
+            if node is None:
                 continue
             if batch.kind == "drop_table":
                 raise TableNotFoundError(f"view {self._view.name!r} reads table {batch.table!r}, which version "
                                          f"{batch.version} dropped: drop the view or recreate it")
             if batch.kind != "changes" or batch.num_rows == 0:
                 continue
-            node = self._sources[batch.table]
-            rows = conform(batch.changes.select(node.schema.names), node.schema)
-            w = batch.changes.column(WEIGHT_COLUMN)
-            if w.type != pa.int64():
-                w = w.cast(pa.int64())
-            parts.setdefault(batch.table, []).append(rows.append_column(_W_FIELD, w))
+            part = parts.get(batch.table)
+            if part is None:
+                part = parts[batch.table] = []
+            part.append(_source_delta(batch, node, shared))
         self._position = upto
         view = self._view
         deltas = {table: p[0] if len(p) == 1 else pa.concat_tables(p) for table, p in parts.items()}
@@ -637,6 +647,33 @@ class _ViewReader:
 
     def snapshot(self):
         return self._position
+
+
+def _source_delta(batch: RawChange, node: Source, shared: dict) -> pa.Table:
+    """``batch`` as the weighted batch of source ``node`` (its columns, conformed to its
+    schema, and an int64 weight), built once per round for all the views whose source of
+    that table has an equal schema (``shared``: the round's memo)."""
+    out_schema = node.__dict__.get("_delta_schema")
+    if out_schema is None:
+        out_schema = node.__dict__["_delta_schema"] = node.schema.append(_W_FIELD)
+    memo = shared.get(batch)
+    if memo is None:
+        memo = shared[batch] = []
+    for schema, delta in memo:
+        if schema is out_schema or schema.equals(out_schema):
+            return delta
+    found = change_delta(batch, node.schema, out_schema)
+    if found is not None:
+        delta = remember_columns(found[0], out_schema.names, found[1])
+    else:
+        changes = batch.change_rows()
+        rows = conform(changes.select(node.schema.names), node.schema)
+        w = changes.column(WEIGHT_COLUMN)
+        if w.type != pa.int64():
+            w = w.cast(pa.int64())
+        delta = rows.append_column(_W_FIELD, w)
+    memo.append((out_schema, delta))
+    return delta
 
 
 class _ViewSink(DynamicSink):
