@@ -56,7 +56,7 @@ class KeyedHead:
         self.pk = pk
         self.base = base
         self._index: dict | None = None
-        self._base_columns: list | None = None
+        self._source_columns: dict[int, tuple] = {}  # source -> (its table, its columns), see _columns_of
         self.batches: list[pa.Table | list[tuple]] = []
         self.overlay: dict = {}
 
@@ -81,18 +81,23 @@ class KeyedHead:
         """The rows at ``locs`` (all not None) as Python tuples in the schema's column order."""
         out = []
         for src, row in locs:
-            if src >= 0:
-                batch = self.batches[src]
-                if type(batch) is list:
-                    out.append(batch[row])
-                    continue
-                columns = self._fit(batch).columns
-            else:
-                if self._base_columns is None:
-                    self._base_columns = self._fit(self.base).columns
-                columns = self._base_columns
-            out.append(tuple([c[row].as_py() for c in columns]))
+            table = self.batches[src] if src >= 0 else self.base
+            if type(table) is list:
+                out.append(table[row])
+                continue
+            out.append(tuple([c[row].as_py() for c in self._columns_of(src, table)]))
         return out
+
+    def _columns_of(self, src: int, table: pa.Table) -> list:
+        """The columns of source ``src`` (``table``: the base or an Arrow batch) fitted to the
+        schema, each a single Array when it has one chunk (no chunk lookup per value);
+        built once per source (by identity: a new base or a converted batch is rebuilt)."""
+        hit = self._source_columns.get(src)
+        if hit is not None and hit[0] is table:
+            return hit[1]
+        columns = [c.chunk(0) if c.num_chunks == 1 else c for c in self._fit(table).columns]
+        self._source_columns[src] = (table, columns)
+        return columns
 
     def gather(self, locs: list) -> pa.Table:
         """The rows at ``locs`` (all not None), in that order, batch-wise."""
@@ -186,7 +191,7 @@ class KeyedHead:
     def compact(self) -> None:
         self.base = self.materialize()
         self._index = None
-        self._base_columns = None
+        self._source_columns = {}
         self.batches = []
         self.overlay = {}
 
@@ -363,7 +368,7 @@ class IntKeyedHead(KeyedHead):
         self._map = None
         self._dead = None
         self._changed = 0
-        self._base_columns = None
+        self._source_columns = {}
         self.batches = []
 
 

@@ -665,7 +665,7 @@ class TableEngine:
         head.schema = tdef.schema
         head.base = conform_to(head.base, tdef.schema)
         if isinstance(head, KeyedHead):
-            head._base_columns = None
+            head._source_columns = {}
             pos = [before.index(n) if n in before else -1 for n in tdef.schema.names]
             head.batches = [[tuple(r[i] if i >= 0 else None for i in pos) for r in b] if type(b) is list
                             else conform_to(b, tdef.schema) for b in head.batches]
