@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import bisect
 from dataclasses import dataclass
+from functools import cached_property
 
 import msgspec
 import pyarrow as pa
@@ -32,6 +33,23 @@ class TableDef:
     @property
     def keyed(self) -> bool:
         return bool(self.primary_key)
+
+    # Derived once per definition (the commit path asks on every write). Shared objects:
+    # callers must not mutate them.
+    @cached_property
+    def pk(self) -> list[str]:
+        """``primary_key`` as a list."""
+        return list(self.primary_key)
+
+    @cached_property
+    def ident(self) -> tuple[str, int]:
+        """(name, created): the table's identity across drops and re-creations."""
+        return (self.name, self.created)
+
+    @cached_property
+    def names(self) -> list[str]:
+        """The schema's column names (``Schema.names`` builds a new list on every call)."""
+        return self.schema.names
 
 
 class _TableSnap(msgspec.Struct):
@@ -107,6 +125,15 @@ class Catalog:
                 hist.versions.append(version)
                 hist.defs.append(None)
         self.version = max(self.version, version)
+
+    def add_change(self, name: str, version: int, rows_in: int, rows_out: int) -> None:
+        """``apply`` of a commit that only changed rows of table ``name`` (the small commit)."""
+        hist = self._tables.get(name)
+        if hist is None:
+            hist = self._tables[name] = _History()
+        hist.add_change(version, rows_in, rows_out)
+        if version > self.version:
+            self.version = version
 
     def apply_changes_only(self, version: int, header) -> None:
         """Fast path at open for commits without DDL: record which tables they changed."""
