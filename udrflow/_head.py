@@ -255,7 +255,8 @@ class IntKeyedHead(KeyedHead):
         return self._map
 
     def locate(self, keys: list) -> list:
-        get = self._intmap().get
+        m = self._map
+        get = (m if m is not None else self._intmap()).get
         out = []
         for k in keys:
             p = get(k)
@@ -300,6 +301,9 @@ class IntKeyedHead(KeyedHead):
     def apply_rows(self, rows: list[tuple], keys: list, minus_keys: list) -> None:
         if len(keys) + len(minus_keys) <= 8:
             self._mark_few(rows, keys, minus_keys)
+            if self._changed > OVERLAY_KEYS_MIN and self._changed > self.base.num_rows // 4:  # _maybe_compact
+                self.compact()
+            return
         else:
             if minus_keys:
                 self._mark(np.array(minus_keys, dtype=np.int64), None)
@@ -312,7 +316,9 @@ class IntKeyedHead(KeyedHead):
     def _mark_few(self, rows: list[tuple], keys: list, minus_keys: list) -> None:
         """``apply_rows`` for a handful of keys (the single-row commit): scalar map calls,
         no numpy arrays to build."""
-        m = self._intmap()
+        m = self._map
+        if m is None:
+            m = self._intmap()
         get, put = m.get, m.set
         dead = self._dead
         for k in minus_keys:

@@ -94,9 +94,14 @@ class Op:
                  primary_key: list[str] | None = None, column: pa.Field | None = None) -> None:
         self.kind = kind
         self.table = table
-        self.py, self._rows = (rows, None) if isinstance(rows, PyRows) else (None, rows)
+        if type(rows) is PyRows:
+            self.py = rows
+            self._rows = None
+        else:
+            self.py = None
+            self._rows = rows
         self.schema = schema
-        self.primary_key = list(primary_key or [])
+        self.primary_key = list(primary_key) if primary_key else []
         self.column = column
 
     @property
