@@ -131,7 +131,12 @@ class Catalog:
         hist = self._tables.get(name)
         if hist is None:
             hist = self._tables[name] = _History()
-        hist.add_change(version, rows_in, rows_out)
+        # (_History.add_change, inlined)
+        hist.change_versions.append(version)
+        cum = hist.change_rows_cum
+        cum.append((cum[-1] if cum else 0) + (rows_in if rows_in > rows_out else rows_out))
+        cum = hist.rows_cum
+        cum.append((cum[-1] if cum else hist.rows_base) + rows_in - rows_out)
         if version > self.version:
             self.version = version
 
@@ -186,7 +191,13 @@ class Catalog:
 
     def get(self, name: str, version: int) -> TableDef | None:
         hist = self._tables.get(name)
-        return None if hist is None else hist.at(version)
+        if hist is None:
+            return None
+        versions = hist.versions  # (hist.at, inlined: this runs several times per commit)
+        if versions and version >= versions[-1]:
+            return hist.defs[-1]  # the newest definition: what the writer asks for
+        i = bisect.bisect_right(versions, version) - 1
+        return hist.defs[i] if i >= 0 else None
 
     def names(self, version: int) -> list[str]:
         return sorted(n for n, h in self._tables.items() if h.at(version) is not None)

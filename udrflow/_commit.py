@@ -251,8 +251,20 @@ def make_value_changes(table: str, names: list[str], new_rows: list[tuple], inse
     the first ``len(old_rows)`` of ``new_rows``), ``deleted`` the whole deleted rows; every
     row a tuple in the order of ``names`` (the table's columns at this version)."""
     updates = len(old_rows)
-    rows = new_rows + deleted if deleted else new_rows
+    n_del = len(deleted)
     columns = list(names)
+    if len(new_rows) + n_del == 1:  # one row (the small commit): no transposing
+        row = new_rows[0] if new_rows else deleted[0]
+        values = [[v] for v in row]
+        if updates:
+            # (As the tuples of column values below compare: the same object, or equal.)
+            for j, (new, old) in enumerate(zip(row, old_rows[0], strict=True)):
+                if new is not old and new != old and names[j] not in key_columns:
+                    columns.append(OLD_PREFIX + names[j])
+                    values.append([old])
+        return Changes(table=table, updates=updates, inserts=inserts, deletes=n_del, rows_in=updates + inserts,
+                       rows_out=updates + n_del, columns=columns, values=values)
+    rows = new_rows + deleted if deleted else new_rows
     values = list(map(list, zip(*rows, strict=True)))
     if updates:
         updated = new_rows[:updates] if len(new_rows) > updates else new_rows
@@ -260,7 +272,6 @@ def make_value_changes(table: str, names: list[str], new_rows: list[tuple], inse
             if new != old and names[j] not in key_columns:
                 columns.append(OLD_PREFIX + names[j])
                 values.append(list(old))
-    n_del = len(deleted)
     return Changes(table=table, updates=updates, inserts=inserts, deletes=n_del, rows_in=updates + inserts,
                    rows_out=updates + n_del, columns=columns, values=values)
 
