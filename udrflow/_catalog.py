@@ -18,6 +18,7 @@ import msgspec
 import pyarrow as pa
 
 from udrflow._commit import AddColumn, Changes, Commit, CreateTable, DropTable
+from udrflow._pyrows import encodable
 from udrflow._schema import schema_from_bytes, schema_to_bytes
 from udrflow.errors import CorruptionError
 
@@ -45,6 +46,11 @@ class TableDef:
     def ident(self) -> tuple[str, int]:
         """(name, created): the table's identity across drops and re-creations."""
         return (self.name, self.created)
+
+    @cached_property
+    def encodable(self) -> bool:
+        """Whether rows of this schema may be stored as msgpack values (``_pyrows.encodable``)."""
+        return encodable(self.schema)
 
     @cached_property
     def names(self) -> list[str]:

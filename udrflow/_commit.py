@@ -257,8 +257,12 @@ def make_value_changes(table: str, names: list[str], new_rows: list[tuple], inse
         row = new_rows[0] if new_rows else deleted[0]
         values = [[v] for v in row]
         if updates:
-            # (As the tuples of column values below compare: the same object, or equal.)
-            for j, (new, old) in enumerate(zip(row, old_rows[0], strict=True)):
+            old_row = old_rows[0]
+            if len(old_row) != len(row):
+                raise ValueError(f"an update's old row has {len(old_row)} values, its new row {len(row)}")
+            for j in range(len(row)):
+                new, old = row[j], old_row[j]
+                # (As the tuples of column values below compare: the same object, or equal.)
                 if new is not old and new != old and names[j] not in key_columns:
                     columns.append(OLD_PREFIX + names[j])
                     values.append([old])

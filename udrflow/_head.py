@@ -22,6 +22,9 @@ and an Arrow upsert is located and applied with whole-array calls (``locate_arra
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import call
+
 import numpy as np
 import pyarrow as pa
 
@@ -56,7 +59,7 @@ class KeyedHead:
         self.pk = pk
         self.base = base
         self._index: dict | None = None
-        self._source_columns: dict[int, tuple] = {}  # source -> (its table, its columns), see _columns_of
+        self._source_columns: dict[int, tuple] = {}  # source -> (its table, its getters), see _getters_of
         self.batches: list[pa.Table | list[tuple]] = []
         self.overlay: dict = {}
 
@@ -77,27 +80,35 @@ class KeyedHead:
             out.append(loc)
         return out
 
+    def locate_one(self, key):
+        """``locate([key])[0]``."""
+        loc = self.overlay.get(key, _MISSING)
+        if loc is _MISSING:
+            r = self._base_index().get(key)
+            loc = None if r is None else (-1, r)
+        return loc
+
     def rows(self, locs: list) -> list[tuple]:
         """The rows at ``locs`` (all not None) as Python tuples in the schema's column order."""
-        out = []
-        for src, row in locs:
-            table = self.batches[src] if src >= 0 else self.base
-            if type(table) is list:
-                out.append(table[row])
-                continue
-            out.append(tuple([c[row].as_py() for c in self._columns_of(src, table)]))
-        return out
+        return [self.row_at(loc) for loc in locs]
 
-    def _columns_of(self, src: int, table: pa.Table) -> list:
-        """The columns of source ``src`` (``table``: the base or an Arrow batch) fitted to the
-        schema, each a single Array when it has one chunk (no chunk lookup per value);
-        built once per source (by identity: a new base or a converted batch is rebuilt)."""
+    def row_at(self, loc: tuple[int, int]) -> tuple:
+        """The row at ``loc`` (not None) as a Python tuple in the schema's column order."""
+        src, row = loc
+        table = self.batches[src] if src >= 0 else self.base
+        if type(table) is list:
+            return table[row]
         hit = self._source_columns.get(src)
-        if hit is not None and hit[0] is table:
-            return hit[1]
-        columns = [c.chunk(0) if c.num_chunks == 1 else c for c in self._fit(table).columns]
-        self._source_columns[src] = (table, columns)
-        return columns
+        getters = hit[1] if hit is not None and hit[0] is table else self._getters_of(src, table)
+        return tuple(map(call, getters, repeat(row, len(getters))))
+
+    def _getters_of(self, src: int, table: pa.Table) -> list:
+        """For source ``src`` (``table``: the base or an Arrow batch), one function per column
+        of the schema giving the value at a row as ``as_py()`` does (see ``_value_getter``);
+        built once per source (by identity: a new base or a converted batch is rebuilt)."""
+        getters = [_value_getter(c) for c in self._fit(table).columns]
+        self._source_columns[src] = (table, getters)
+        return getters
 
     def gather(self, locs: list) -> pa.Table:
         """The rows at ``locs`` (all not None), in that order, batch-wise."""
@@ -196,6 +207,22 @@ class KeyedHead:
         self.overlay = {}
 
 
+def _value_getter(column: pa.ChunkedArray):
+    """``i -> column[i].as_py()``. An integer or float32/float64 column without nulls in one
+    chunk reads through a numpy view of its values instead (``ndarray.item`` gives the same
+    Python int or float, without building an Arrow scalar per value)."""
+    array = column.chunk(0) if column.num_chunks == 1 else column
+    t = array.type
+    if type(array) is not pa.ChunkedArray and array.null_count == 0 and (
+            pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)):
+        return array.to_numpy(zero_copy_only=True).item
+
+    def get(i: int):
+        return array[i].as_py()
+
+    return get
+
+
 def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
     """``table.take(rows)`` without copying a many-chunk table into one first (Arrow's take
     on chunked columns does): one row is a slice; more go batch by batch (``take_rows``)."""
@@ -262,6 +289,11 @@ class IntKeyedHead(KeyedHead):
             p = get(k)
             out.append(None if p < 0 else ((p >> _SHIFT) - 1, p & _ROWS))
         return out
+
+    def locate_one(self, key):
+        m = self._map
+        p = (m if m is not None else self._intmap()).get(key)
+        return None if p < 0 else ((p >> _SHIFT) - 1, p & _ROWS)
 
     def locate_found(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         packed = self._intmap().lookup(key_array(table.column(self.pk[0])))

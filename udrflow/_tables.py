@@ -21,6 +21,7 @@ import collections
 import os
 import queue
 import threading
+
 import msgspec
 import numpy as np
 import pyarrow as pa
@@ -534,14 +535,14 @@ class TableEngine:
         against, columns without a msgpack form, ...); nothing has changed then."""
         name = op.table
         tdef = self.catalog.get(name, self._head_version)
-        if tdef is None or not tdef.keyed:
+        if tdef is None or not tdef.primary_key:
             return _NOT_HERE
         py = op.py
         schema = tdef.schema
         if py.schema is not schema:
             if not self._python_path(tdef, [op]):
                 return _NOT_HERE
-        elif not encodable(schema):
+        elif not tdef.encodable:
             return _NOT_HERE
         pk = tdef.pk
         cached = py.keys
@@ -554,14 +555,26 @@ class TableEngine:
         head = self._heads.get(tdef.ident)
         if head is None or head.schema is not schema:
             head = self._head(tdef)
-        if op.kind == "delete_keys":
-            plus_rows, minus_keys, inserted = [], keys, False
-            keys = []
+        kind = op.kind
+        if kind != "delete_keys" and len(keys) == 1:  # one row set: _python_changes, unrolled
+            plus_rows, dead = py.rows, []
+            loc = head.locate_one(keys[0])
+            if loc is None:
+                changes = make_value_changes(name, tdef.names, plus_rows, 1, [], [], pk)
+            elif kind == "insert":
+                raise SchemaError(f"duplicate primary key {self._fmt_keys(pk, keys)} in the insert into table "
+                                  f"{name!r}: already in the table (use upsert to replace rows)")
+            else:
+                changes = make_value_changes(name, tdef.names, plus_rows, 0, [], [head.row_at(loc)], pk)
         else:
-            plus_rows, minus_keys, inserted = py.rows, [], op.kind == "insert"
-        changes, dead = self._python_changes(tdef, head, plus_rows, keys, minus_keys, inserted)
-        if changes is None:
-            return None
+            if kind == "delete_keys":
+                plus_rows, minus_keys, inserted = [], keys, False
+                keys = []
+            else:
+                plus_rows, minus_keys, inserted = py.rows, [], kind == "insert"
+            changes, dead = self._python_changes(tdef, head, plus_rows, keys, minus_keys, inserted)
+            if changes is None:
+                return None
         resolved = [changes]
         commit = Commit(ops=resolved, meta=meta or {})
         body = encode_commit(commit)
