@@ -331,6 +331,24 @@ class IntKeyedHead(KeyedHead):
         self._maybe_compact()
 
     def apply_rows(self, rows: list[tuple], keys: list, minus_keys: list) -> None:
+        if len(keys) == 1 and not minus_keys:  # one row set (the single-row commit): _mark_few, unrolled
+            m = self._map
+            if m is None:
+                m = self._intmap()
+            k = keys[0]
+            old = m.get(k)
+            if 0 <= old <= _ROWS:
+                dead = self._dead
+                if dead is None:
+                    dead = self._dead = np.zeros(self.base.num_rows, dtype=bool)
+                dead[old] = True
+            batches = self.batches
+            m.set(k, (len(batches) + 1) << _SHIFT)
+            batches.append(rows)
+            self._changed += 1
+            if self._changed > OVERLAY_KEYS_MIN and self._changed > self.base.num_rows // 4:  # _maybe_compact
+                self.compact()
+            return
         if len(keys) + len(minus_keys) <= 8:
             self._mark_few(rows, keys, minus_keys)
             if self._changed > OVERLAY_KEYS_MIN and self._changed > self.base.num_rows // 4:  # _maybe_compact

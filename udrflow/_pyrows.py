@@ -200,7 +200,9 @@ def key_values(rows: PyRows, pk: list[str]) -> list:
     cached = rows.keys
     if cached is not None and cached[0] == pk:
         return cached[1]
-    idx = _key_index(rows.schema, pk)
+    schema = rows.schema
+    hit = _key_indexes.get((id(schema), *pk))
+    idx = hit[1] if hit is not None and hit[0] is schema else _key_index(schema, pk)
     if idx is None:
         raise ValueError(f"key columns {pk} are not all among the columns {rows.schema.names}")
     if len(idx) == 1:
@@ -212,13 +214,13 @@ def key_values(rows: PyRows, pk: list[str]) -> list:
     return keys
 
 
-_key_indexes: dict[tuple[int, tuple[str, ...]], tuple[pa.Schema, list[int] | None]] = {}
+_key_indexes: dict[tuple, tuple[pa.Schema, list[int] | None]] = {}  # (id(schema), *pk) -> (schema, positions)
 
 
 def _key_index(schema: pa.Schema, pk: list[str]) -> list[int] | None:
     """Positions of the ``pk`` columns in ``schema`` (None if one is missing), by schema
     identity like the plans: ``schema.names`` builds a new list on every call."""
-    key = (id(schema), tuple(pk))
+    key = (id(schema), *pk)
     hit = _key_indexes.get(key)
     if hit is not None and hit[0] is schema:
         return hit[1]
@@ -265,9 +267,11 @@ def python_rows(data, schema: pa.Schema, columns=None) -> PyRows | None:
             return None
     else:
         return None
-    plan = _plan(schema, columns)
-    if plan is None:
-        return None
+    plan = _plans.get((id(schema), None)) if columns is None else None  # (_plan's cache, looked up here)
+    if plan is None or plan.schema is not schema:
+        plan = _plan(schema, columns)
+        if plan is None:
+            return None
     out = plan.check(rows)  # (_compile_check: what _check_rows does, for this plan's columns)
     return None if out is None else PyRows(plan.target, out)
 

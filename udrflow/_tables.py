@@ -473,7 +473,18 @@ class TableEngine:
             try:
                 if not ops:
                     raise UsageError("a commit needs at least one operation")
-                queued = self._queue(ops, begin, generation, read_tables, meta)
+                if self.log.failures != self._failures_seen:
+                    self._reset_after_failure()
+                if generation is not None and generation != self._generation:
+                    raise TransactionConflictError(
+                        "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
+                queued = _NOT_HERE
+                if len(ops) == 1:
+                    op = ops[0]
+                    if op.py is not None and op.kind in _PY_ROW_KINDS:
+                        queued = self._queue_python(op, begin, read_tables, meta)
+                if queued is _NOT_HERE:
+                    queued = self._queue(ops, begin, read_tables, meta)
             finally:
                 if end:
                     self._end_locked(begin)  # (prunes the conflict tracker too)
@@ -499,21 +510,10 @@ class TableEngine:
             done.wait()
         return version
 
-    def _queue(self, ops: list[Op], begin: int | None, generation: int | None, read_tables: set[str] | None,
-               meta: dict | None):
-        """``commit`` up to the queueing, with the lock held: (pending commit, resolved
-        operations, chunks to adopt as checkpoints), or None if ``ops`` change nothing."""
-        if self.log.failures != self._failures_seen:
-            self._reset_after_failure()
-        if generation is not None and generation != self._generation:
-            raise TransactionConflictError(
-                "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
-        if len(ops) == 1:
-            op = ops[0]
-            if op.py is not None and op.kind in _PY_ROW_KINDS:
-                queued = self._queue_python(op, begin, read_tables, meta)
-                if queued is not _NOT_HERE:
-                    return queued
+    def _queue(self, ops: list[Op], begin: int | None, read_tables: set[str] | None, meta: dict | None):
+        """``commit`` up to the queueing, with the lock held, once the log's state is checked
+        (and unless ``_queue_python`` took the commit): (pending commit, resolved operations,
+        chunks to adopt as checkpoints), or None if ``ops`` change nothing."""
         written = self._written_by(ops)
         if begin is not None:
             # Conflicts first: a transaction overtaken by another commit must lose with
