@@ -11,6 +11,7 @@ import datetime as dt
 import decimal
 import random
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -23,7 +24,10 @@ from udrflow._commit import (
     expand_changes,
     expand_keyed,
     make_changes,
+    make_row_update,
+    make_value_changes,
     net_keyed_values,
+    value_columns,
     values_to_ipc,
 )
 from udrflow._fold import net_keyed
@@ -132,6 +136,19 @@ def test_compiled_validators_decide_like_the_generic_loop():
                     assert [[(type(v), repr(v)) for v in r] for r in got] == \
                         [[(type(v), repr(v)) for v in r] for r in want], where
     assert accepted > 100
+
+
+def test_one_row_update_encodes_like_make_value_changes():
+    names = ["k", "a", "b", "c"]
+    pool = [0, 1, -1, 1.0, -0.0, True, False, None, "a", "b", b"a", float("nan"), 2**63 - 1]
+    for seed in range(3000):
+        rng = random.Random(seed)
+        new = tuple(rng.choice(pool) for _ in names)
+        old = tuple(rng.choice([*pool, new[1], new[2]]) for _ in names)
+        keys = rng.choice([["k"], ["k", "a"], []])
+        want = make_value_changes("t", names, [new], 0, [], [old], keys)
+        got = make_row_update("t", names, new, old, value_columns(names, keys))
+        assert msgspec.msgpack.encode(got) == msgspec.msgpack.encode(want), f"seed {seed}"
 
 
 def test_python_rows_leave_other_inputs_to_arrow():

@@ -17,7 +17,7 @@ from functools import cached_property
 import msgspec
 import pyarrow as pa
 
-from udrflow._commit import AddColumn, Changes, Commit, CreateTable, DropTable
+from udrflow._commit import AddColumn, Changes, Commit, CreateTable, DropTable, value_columns
 from udrflow._pyrows import encodable
 from udrflow._schema import schema_from_bytes, schema_to_bytes
 from udrflow.errors import CorruptionError
@@ -46,6 +46,11 @@ class TableDef:
     def ident(self) -> tuple[str, int]:
         """(name, created): the table's identity across drops and re-creations."""
         return (self.name, self.created)
+
+    @cached_property
+    def value_columns(self) -> list[tuple[int, str]]:
+        """``_commit.value_columns`` of this table: its non-key columns, for ``make_row_update``."""
+        return value_columns(self.names, self.pk)
 
     @cached_property
     def encodable(self) -> bool:

@@ -280,6 +280,29 @@ def make_value_changes(table: str, names: list[str], new_rows: list[tuple], inse
                    rows_out=updates + n_del, columns=columns, values=values)
 
 
+def value_columns(names: list[str], key_columns: list[str]) -> list[tuple[int, str]]:
+    """(position, ``__old_`` column name) of each column of ``names`` not in ``key_columns``:
+    the columns whose old values an update may have to keep (``make_row_update``)."""
+    return [(j, OLD_PREFIX + name) for j, name in enumerate(names) if name not in key_columns]
+
+
+def make_row_update(table: str, names: list[str], new_row: tuple, old_row: tuple,
+                    columns_to_compare: list[tuple[int, str]]) -> Changes:
+    """``make_value_changes(table, names, [new_row], 0, [], [old_row], key_columns)`` for one
+    updated row (the small commit), given ``value_columns(names, key_columns)``."""
+    if len(old_row) != len(new_row):
+        raise ValueError(f"an update's old row has {len(old_row)} values, its new row {len(new_row)}")
+    columns = list(names)
+    values = [[v] for v in new_row]
+    for j, old_name in columns_to_compare:
+        new, old = new_row[j], old_row[j]
+        if new is not old and new != old:  # (as make_value_changes compares: the same object, or equal)
+            columns.append(old_name)
+            values.append([old])
+    return Changes(table=table, updates=1, inserts=0, deletes=0, rows_in=1, rows_out=1, columns=columns,
+                   values=values)
+
+
 def values_to_ipc(changes: Changes, schema: pa.Schema) -> Changes:
     """The same changes with their msgpack-form rows moved to the Arrow IPC form."""
     return msgspec.structs.replace(changes, rows=table_to_ipc(_values_table(changes, schema)), columns=[], values=[])

@@ -42,6 +42,7 @@ from udrflow._commit import (
     expand_changes,
     expand_keyed,
     make_changes,
+    make_row_update,
     make_value_changes,
     net_keyed_values,
     values_to_ipc,
@@ -565,7 +566,7 @@ class TableEngine:
                 raise SchemaError(f"duplicate primary key {self._fmt_keys(pk, keys)} in the insert into table "
                                   f"{name!r}: already in the table (use upsert to replace rows)")
             else:
-                changes = make_value_changes(name, tdef.names, plus_rows, 0, [], [head.row_at(loc)], pk)
+                changes = make_row_update(name, tdef.names, plus_rows[0], head.row_at(loc), tdef.value_columns)
         else:
             if kind == "delete_keys":
                 plus_rows, minus_keys, inserted = [], keys, False
