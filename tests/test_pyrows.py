@@ -11,19 +11,23 @@ import datetime as dt
 import decimal
 import random
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
 
 import udrflow
-from udrflow import _head
+from udrflow import _head, _pyrows
 from udrflow._commit import (
     Changes,
     decode_commit,
     expand_changes,
     expand_keyed,
     make_changes,
+    make_row_update,
+    make_value_changes,
     net_keyed_values,
+    value_columns,
     values_to_ipc,
 )
 from udrflow._fold import net_keyed
@@ -105,6 +109,46 @@ def test_python_rows_accept_only_what_to_arrow_accepts_and_give_the_same_values(
                 table = got.to_table() if isinstance(got, PyRows) else got
                 assert _canon(table) == _canon(expected), where
     assert accepted > 0
+
+
+def test_compiled_validators_decide_like_the_generic_loop():
+    """Each plan's generated validator (``_compile_check``) gives what the generic loop
+    (``_check_rows``) gives: the same rows, the same values of the same types, or None."""
+    fields = [pa.field(f"c{i}", t, nullable=i % 2 == 0) for i, t in enumerate(TYPES)]
+    fields += [pa.field(f"n{i}", t, nullable=False) for i, t in enumerate(TYPES)]
+    schema = pa.schema([pa.field("k", pa.int64(), nullable=False), *fields])
+    names = schema.names
+    accepted = 0
+    for seed in range(300):
+        rng = random.Random(seed)
+        picked = ["k", *rng.sample(names[1:], 3)]
+        sub = pa.schema([schema.field(n) for n in picked])
+        for columns in (None, ["k"], picked[1:]):
+            plan = _pyrows._plan(sub, columns)
+            for _ in range(20):
+                data = _random_input(rng, picked)
+                rows = (data,) if isinstance(data, dict) else data
+                want, got = _pyrows._check_rows(plan, rows), plan.check(rows)
+                where = f"seed {seed}, schema {sub}, columns {columns}, input {data!r}"
+                assert (want is None) == (got is None), where
+                if want is not None:
+                    accepted += 1
+                    assert [[(type(v), repr(v)) for v in r] for r in got] == \
+                        [[(type(v), repr(v)) for v in r] for r in want], where
+    assert accepted > 100
+
+
+def test_one_row_update_encodes_like_make_value_changes():
+    names = ["k", "a", "b", "c"]
+    pool = [0, 1, -1, 1.0, -0.0, True, False, None, "a", "b", b"a", float("nan"), 2**63 - 1]
+    for seed in range(3000):
+        rng = random.Random(seed)
+        new = tuple(rng.choice(pool) for _ in names)
+        old = tuple(rng.choice([*pool, new[1], new[2]]) for _ in names)
+        keys = rng.choice([["k"], ["k", "a"], []])
+        want = make_value_changes("t", names, [new], 0, [], [old], keys)
+        got = make_row_update("t", names, new, old, value_columns(names, keys))
+        assert msgspec.msgpack.encode(got) == msgspec.msgpack.encode(want), f"seed {seed}"
 
 
 def test_python_rows_leave_other_inputs_to_arrow():

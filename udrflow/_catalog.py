@@ -12,11 +12,13 @@ from __future__ import annotations
 import array
 import bisect
 from dataclasses import dataclass
+from functools import cached_property
 
 import msgspec
 import pyarrow as pa
 
-from udrflow._commit import AddColumn, Changes, Commit, CreateTable, DropTable
+from udrflow._commit import AddColumn, Changes, Commit, CreateTable, DropTable, value_columns
+from udrflow._pyrows import encodable
 from udrflow._schema import schema_from_bytes, schema_to_bytes
 from udrflow.errors import CorruptionError
 
@@ -32,6 +34,33 @@ class TableDef:
     @property
     def keyed(self) -> bool:
         return bool(self.primary_key)
+
+    # Derived once per definition (the commit path asks on every write). Shared objects:
+    # callers must not mutate them.
+    @cached_property
+    def pk(self) -> list[str]:
+        """``primary_key`` as a list."""
+        return list(self.primary_key)
+
+    @cached_property
+    def ident(self) -> tuple[str, int]:
+        """(name, created): the table's identity across drops and re-creations."""
+        return (self.name, self.created)
+
+    @cached_property
+    def value_columns(self) -> list[tuple[int, str]]:
+        """``_commit.value_columns`` of this table: its non-key columns, for ``make_row_update``."""
+        return value_columns(self.names, self.pk)
+
+    @cached_property
+    def encodable(self) -> bool:
+        """Whether rows of this schema may be stored as msgpack values (``_pyrows.encodable``)."""
+        return encodable(self.schema)
+
+    @cached_property
+    def names(self) -> list[str]:
+        """The schema's column names (``Schema.names`` builds a new list on every call)."""
+        return self.schema.names
 
 
 class _TableSnap(msgspec.Struct):
@@ -108,6 +137,20 @@ class Catalog:
                 hist.defs.append(None)
         self.version = max(self.version, version)
 
+    def add_change(self, name: str, version: int, rows_in: int, rows_out: int) -> None:
+        """``apply`` of a commit that only changed rows of table ``name`` (the small commit)."""
+        hist = self._tables.get(name)
+        if hist is None:
+            hist = self._tables[name] = _History()
+        # (_History.add_change, inlined)
+        hist.change_versions.append(version)
+        cum = hist.change_rows_cum
+        cum.append((cum[-1] if cum else 0) + (rows_in if rows_in > rows_out else rows_out))
+        cum = hist.rows_cum
+        cum.append((cum[-1] if cum else hist.rows_base) + rows_in - rows_out)
+        if version > self.version:
+            self.version = version
+
     def apply_changes_only(self, version: int, header) -> None:
         """Fast path at open for commits without DDL: record which tables they changed."""
         tables = self._tables
@@ -159,7 +202,13 @@ class Catalog:
 
     def get(self, name: str, version: int) -> TableDef | None:
         hist = self._tables.get(name)
-        return None if hist is None else hist.at(version)
+        if hist is None:
+            return None
+        versions = hist.versions  # (hist.at, inlined: this runs several times per commit)
+        if versions and version >= versions[-1]:
+            return hist.defs[-1]  # the newest definition: what the writer asks for
+        i = bisect.bisect_right(versions, version) - 1
+        return hist.defs[i] if i >= 0 else None
 
     def names(self, version: int) -> list[str]:
         return sorted(n for n, h in self._tables.items() if h.at(version) is not None)

@@ -118,8 +118,7 @@ _decoder = msgspec.msgpack.Decoder(Commit)
 _header_decoder = msgspec.msgpack.Decoder(CommitHeader)
 
 
-def encode_commit(commit: Commit) -> bytes:
-    return _encoder.encode(commit)
+encode_commit = _encoder.encode  # (commit: Commit) -> bytes; the encoder itself: no Python frame per commit
 
 
 def decode_commit(payload: bytes, version: int) -> Commit:
@@ -251,8 +250,24 @@ def make_value_changes(table: str, names: list[str], new_rows: list[tuple], inse
     the first ``len(old_rows)`` of ``new_rows``), ``deleted`` the whole deleted rows; every
     row a tuple in the order of ``names`` (the table's columns at this version)."""
     updates = len(old_rows)
-    rows = new_rows + deleted if deleted else new_rows
+    n_del = len(deleted)
     columns = list(names)
+    if len(new_rows) + n_del == 1:  # one row (the small commit): no transposing
+        row = new_rows[0] if new_rows else deleted[0]
+        values = [[v] for v in row]
+        if updates:
+            old_row = old_rows[0]
+            if len(old_row) != len(row):
+                raise ValueError(f"an update's old row has {len(old_row)} values, its new row {len(row)}")
+            for j in range(len(row)):
+                new, old = row[j], old_row[j]
+                # (As the tuples of column values below compare: the same object, or equal.)
+                if new is not old and new != old and names[j] not in key_columns:
+                    columns.append(OLD_PREFIX + names[j])
+                    values.append([old])
+        return Changes(table=table, updates=updates, inserts=inserts, deletes=n_del, rows_in=updates + inserts,
+                       rows_out=updates + n_del, columns=columns, values=values)
+    rows = new_rows + deleted if deleted else new_rows
     values = list(map(list, zip(*rows, strict=True)))
     if updates:
         updated = new_rows[:updates] if len(new_rows) > updates else new_rows
@@ -260,9 +275,31 @@ def make_value_changes(table: str, names: list[str], new_rows: list[tuple], inse
             if new != old and names[j] not in key_columns:
                 columns.append(OLD_PREFIX + names[j])
                 values.append(list(old))
-    n_del = len(deleted)
     return Changes(table=table, updates=updates, inserts=inserts, deletes=n_del, rows_in=updates + inserts,
                    rows_out=updates + n_del, columns=columns, values=values)
+
+
+def value_columns(names: list[str], key_columns: list[str]) -> list[tuple[int, str]]:
+    """(position, ``__old_`` column name) of each column of ``names`` not in ``key_columns``:
+    the columns whose old values an update may have to keep (``make_row_update``)."""
+    return [(j, OLD_PREFIX + name) for j, name in enumerate(names) if name not in key_columns]
+
+
+def make_row_update(table: str, names: list[str], new_row: tuple, old_row: tuple,
+                    columns_to_compare: list[tuple[int, str]]) -> Changes:
+    """``make_value_changes(table, names, [new_row], 0, [], [old_row], key_columns)`` for one
+    updated row (the small commit), given ``value_columns(names, key_columns)``."""
+    if len(old_row) != len(new_row):
+        raise ValueError(f"an update's old row has {len(old_row)} values, its new row {len(new_row)}")
+    columns = list(names)
+    values = [[v] for v in new_row]
+    for j, old_name in columns_to_compare:
+        new, old = new_row[j], old_row[j]
+        if new is not old and new != old:  # (as make_value_changes compares: the same object, or equal)
+            columns.append(old_name)
+            values.append([old])
+    return Changes(table=table, updates=1, inserts=0, deletes=0, rows_in=1, rows_out=1, columns=columns,
+                   values=values)
 
 
 def values_to_ipc(changes: Changes, schema: pa.Schema) -> Changes:

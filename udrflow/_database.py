@@ -29,8 +29,8 @@ from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
 from udrflow._limits import FSYNC_INTERVAL_MS_DEFAULT, SEGMENT_SIZE_BYTES_DEFAULT
 from udrflow._lock import WriterLock
 from udrflow._names import check_name
-from udrflow._pyrows import PyRows, keys_valid
-from udrflow._schema import check_keys, check_table_schema, to_rows
+from udrflow._pyrows import PyRows, keys_valid, python_rows
+from udrflow._schema import check_keys, check_table_schema, to_arrow, to_rows
 from udrflow._tables import Op, TableEngine
 from udrflow._transaction import Transaction
 from udrflow.errors import (
@@ -436,7 +436,16 @@ class Database:
 
     def transaction(self, isolation: str = "snapshot") -> Transaction:
         """Begin a transaction (see udrflow._transaction for the isolation levels)."""
-        return Transaction(self, self._writable_engine(), isolation)
+        # _writable_engine, inlined: this runs for every transaction.
+        if self._log is None:
+            raise DatabaseClosedError(f"database {self.path} is closed")
+        store = self._store
+        engine = store.engines.get(self._branch)
+        if engine is None:
+            engine = store.engine(self._branch)
+        if store.readonly:
+            raise ReadOnlyError(f"database {self.path} is open read-only: open it without readonly=True to write")
+        return Transaction(self, engine, isolation)
 
     def checkpoint(self, table: str | None = None) -> dict[str, int | None]:
         """Write checkpoints now (of ``table``, or every table) at the head version."""
@@ -503,28 +512,34 @@ class Database:
             raise UsageError(f"add_column on {name!r} needs a pyarrow.Field: got {type(column).__name__}")
         return Op("add_column", name, column=column)
 
-    def _row_op(self, kind: str, table: str, rows, *, version: int | None = None, ops=None) -> Op:
-        engine = self._engine()
+    def _row_op(self, kind: str, table: str, rows, version: int | None = None, ops=None) -> Op:
+        if self._log is None:
+            raise DatabaseClosedError(f"database {self.path} is closed")
+        engine = self._store.engines.get(self._branch)
+        if engine is None:
+            engine = self._store.engine(self._branch)
         head = engine.log.version
+        catalog = engine.catalog
         # (One lookup, not the list of names: this runs for every write.)
-        if engine.catalog.get(_VIEW_REGISTRY, head) is not None and not getattr(_view_writer, "active", False):
-            names = engine.catalog.names(head)
+        if catalog.get(_VIEW_REGISTRY, head) is not None and not getattr(_view_writer, "active", False):
+            names = catalog.names(head)
             if table in self._view_names(engine, names) or table == _VIEW_REGISTRY:
                 raise ReadOnlyError(f"table {table!r} is maintained by a view: it changes only through its "
                                     f"definition (drop the view to write it)" if table != _VIEW_REGISTRY else
                                     f"table {table!r} is the view registry: use create_view/drop_view")
-        schema, pk = None, []
-        for op in reversed(ops or []):  # a table created or altered earlier in the same transaction
-            if op.table == table and op.kind in ("create_table", "add_column", "drop_table"):
-                break
-        else:
-            op = None
+        op = None
+        if ops:
+            for op in reversed(ops):  # a table created or altered earlier in the same transaction
+                if op.table == table and op.kind in ("create_table", "add_column", "drop_table"):
+                    break
+            else:
+                op = None
         if op is not None and op.kind == "create_table":
             pk = list(op.primary_key)
             schema = check_table_schema(op.schema, pk or None, table=table)
         else:
             tdef = engine.table_def(table, head if version is None else version)
-            schema, pk = tdef.schema, list(tdef.primary_key)
+            schema, pk = tdef.schema, tdef.pk  # (pk: shared, read only here)
         if kind == "delete_keys":
             if not pk:
                 raise UsageError(f"delete by keys needs a primary key, and table {table!r} has none: "
@@ -533,8 +548,12 @@ class Database:
             if type(data) is not PyRows or not keys_valid(data, pk):
                 check_keys(data, pk, table_name=table, op="delete")
             return Op("delete_keys", table, data)
-        data = to_rows(rows, schema, table=table)
-        if pk and (type(data) is not PyRows or not keys_valid(data, pk)):
+        data = python_rows(rows, schema)  # to_rows, inlined: this runs for every write
+        if data is None:
+            data = to_arrow(rows, schema, table=table)
+            if pk:
+                check_keys(data, pk, table_name=table, op=kind)
+        elif pk and not keys_valid(data, pk):
             check_keys(data, pk, table_name=table, op=kind)
         return Op(kind, table, data)
 

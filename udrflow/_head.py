@@ -22,6 +22,9 @@ and an Arrow upsert is located and applied with whole-array calls (``locate_arra
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import call
+
 import numpy as np
 import pyarrow as pa
 
@@ -56,7 +59,7 @@ class KeyedHead:
         self.pk = pk
         self.base = base
         self._index: dict | None = None
-        self._base_columns: list | None = None
+        self._source_columns: dict[int, tuple] = {}  # source -> (its table, its getters), see _getters_of
         self.batches: list[pa.Table | list[tuple]] = []
         self.overlay: dict = {}
 
@@ -77,22 +80,35 @@ class KeyedHead:
             out.append(loc)
         return out
 
+    def locate_one(self, key):
+        """``locate([key])[0]``."""
+        loc = self.overlay.get(key, _MISSING)
+        if loc is _MISSING:
+            r = self._base_index().get(key)
+            loc = None if r is None else (-1, r)
+        return loc
+
     def rows(self, locs: list) -> list[tuple]:
         """The rows at ``locs`` (all not None) as Python tuples in the schema's column order."""
-        out = []
-        for src, row in locs:
-            if src >= 0:
-                batch = self.batches[src]
-                if type(batch) is list:
-                    out.append(batch[row])
-                    continue
-                columns = self._fit(batch).columns
-            else:
-                if self._base_columns is None:
-                    self._base_columns = self._fit(self.base).columns
-                columns = self._base_columns
-            out.append(tuple([c[row].as_py() for c in columns]))
-        return out
+        return [self.row_at(loc) for loc in locs]
+
+    def row_at(self, loc: tuple[int, int]) -> tuple:
+        """The row at ``loc`` (not None) as a Python tuple in the schema's column order."""
+        src, row = loc
+        table = self.batches[src] if src >= 0 else self.base
+        if type(table) is list:
+            return table[row]
+        hit = self._source_columns.get(src)
+        getters = hit[1] if hit is not None and hit[0] is table else self._getters_of(src, table)
+        return tuple(map(call, getters, repeat(row, len(getters))))
+
+    def _getters_of(self, src: int, table: pa.Table) -> list:
+        """For source ``src`` (``table``: the base or an Arrow batch), one function per column
+        of the schema giving the value at a row as ``as_py()`` does (see ``_value_getter``);
+        built once per source (by identity: a new base or a converted batch is rebuilt)."""
+        getters = [_value_getter(c) for c in self._fit(table).columns]
+        self._source_columns[src] = (table, getters)
+        return getters
 
     def gather(self, locs: list) -> pa.Table:
         """The rows at ``locs`` (all not None), in that order, batch-wise."""
@@ -186,9 +202,25 @@ class KeyedHead:
     def compact(self) -> None:
         self.base = self.materialize()
         self._index = None
-        self._base_columns = None
+        self._source_columns = {}
         self.batches = []
         self.overlay = {}
+
+
+def _value_getter(column: pa.ChunkedArray):
+    """``i -> column[i].as_py()``. An integer or float32/float64 column without nulls in one
+    chunk reads through a numpy view of its values instead (``ndarray.item`` gives the same
+    Python int or float, without building an Arrow scalar per value)."""
+    array = column.chunk(0) if column.num_chunks == 1 else column
+    t = array.type
+    if type(array) is not pa.ChunkedArray and array.null_count == 0 and (
+            pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)):
+        return array.to_numpy(zero_copy_only=True).item
+
+    def get(i: int):
+        return array[i].as_py()
+
+    return get
 
 
 def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
@@ -250,12 +282,18 @@ class IntKeyedHead(KeyedHead):
         return self._map
 
     def locate(self, keys: list) -> list:
-        get = self._intmap().get
+        m = self._map
+        get = (m if m is not None else self._intmap()).get
         out = []
         for k in keys:
             p = get(k)
             out.append(None if p < 0 else ((p >> _SHIFT) - 1, p & _ROWS))
         return out
+
+    def locate_one(self, key):
+        m = self._map
+        p = (m if m is not None else self._intmap()).get(key)
+        return None if p < 0 else ((p >> _SHIFT) - 1, p & _ROWS)
 
     def locate_found(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         packed = self._intmap().lookup(key_array(table.column(self.pk[0])))
@@ -293,8 +331,29 @@ class IntKeyedHead(KeyedHead):
         self._maybe_compact()
 
     def apply_rows(self, rows: list[tuple], keys: list, minus_keys: list) -> None:
+        if len(keys) == 1 and not minus_keys:  # one row set (the single-row commit): _mark_few, unrolled
+            m = self._map
+            if m is None:
+                m = self._intmap()
+            k = keys[0]
+            old = m.get(k)
+            if 0 <= old <= _ROWS:
+                dead = self._dead
+                if dead is None:
+                    dead = self._dead = np.zeros(self.base.num_rows, dtype=bool)
+                dead[old] = True
+            batches = self.batches
+            m.set(k, (len(batches) + 1) << _SHIFT)
+            batches.append(rows)
+            self._changed += 1
+            if self._changed > OVERLAY_KEYS_MIN and self._changed > self.base.num_rows // 4:  # _maybe_compact
+                self.compact()
+            return
         if len(keys) + len(minus_keys) <= 8:
             self._mark_few(rows, keys, minus_keys)
+            if self._changed > OVERLAY_KEYS_MIN and self._changed > self.base.num_rows // 4:  # _maybe_compact
+                self.compact()
+            return
         else:
             if minus_keys:
                 self._mark(np.array(minus_keys, dtype=np.int64), None)
@@ -307,7 +366,9 @@ class IntKeyedHead(KeyedHead):
     def _mark_few(self, rows: list[tuple], keys: list, minus_keys: list) -> None:
         """``apply_rows`` for a handful of keys (the single-row commit): scalar map calls,
         no numpy arrays to build."""
-        m = self._intmap()
+        m = self._map
+        if m is None:
+            m = self._intmap()
         get, put = m.get, m.set
         dead = self._dead
         for k in minus_keys:
@@ -363,7 +424,7 @@ class IntKeyedHead(KeyedHead):
         self._map = None
         self._dead = None
         self._changed = 0
-        self._base_columns = None
+        self._source_columns = {}
         self.batches = []
 
 

@@ -70,7 +70,7 @@ def _encodable_type(t: pa.DataType) -> bool:
 
 
 class _Plan:
-    __slots__ = ("schema", "columns", "target", "cols", "known")
+    __slots__ = ("schema", "columns", "target", "cols", "known", "check")
 
     def __init__(self, schema: pa.Schema, columns: tuple[str, ...] | None) -> None:
         self.schema = schema
@@ -78,6 +78,57 @@ class _Plan:
         self.target = schema if columns is None else pa.schema([schema.field(n) for n in columns])
         self.cols = [(f.name, *_kind(f.type), f.nullable) for f in self.target]
         self.known = frozenset(schema.names)
+        self.check = _compile_check(self.cols, self.known)
+
+
+def _compile_check(cols: list[tuple], known: frozenset) -> object:
+    """The validator of ``python_rows`` for one plan, as straight-line Python: ``check(rows)``
+    returns the rows as tuples, or None ("not here"). The same tests, in the same order, as
+    the generic loop (``_check_rows``) would make for these columns, with each column's
+    kind decided once here instead of for every value: the per-value branching was most of
+    a small commit's validation cost. Column names go in as ``repr`` literals."""
+    body = ["def check(rows):", "    out = []", "    nbytes = 0", "    for r in rows:",
+            "        if type(r) is not dict:", "            return None", "        get = r.get"]
+    required = sum(1 for c in cols if not c[4])
+    nullable_any = required != len(cols)
+    if nullable_any:
+        body.append(f"        found = {required}")
+    for i, (name, k, lo, hi, nullable) in enumerate(cols):
+        v = f"v{i}"
+        if k == _INT:
+            test = [f"if type({v}) is not int or not {lo!r} <= {v} <= {hi!r}:", "    return None"]
+        elif k == _FLOAT:
+            test = [f"if type({v}) is not float:",
+                    f"    if type({v}) is not int or not {-_FLOAT_EXACT_INT_MAX!r} <= {v} <= {_FLOAT_EXACT_INT_MAX!r}:",
+                    "        return None",
+                    f"    {v} = float({v})"]
+        elif k == _STR:
+            test = [f"if type({v}) is not str:", "    return None",
+                    f"if not {v}.isascii():", "    try:", f"        {v}.encode()",
+                    "    except UnicodeEncodeError:", "        return None",
+                    f"nbytes += len({v})"]
+        elif k == _BYTES:
+            test = [f"if type({v}) is not bytes:", "    return None", f"nbytes += len({v})"]
+        elif k == _BOOL:
+            test = [f"if type({v}) is not bool:", "    return None"]
+        else:
+            test = ["return None"]  # a value for a column of another type: the Arrow path converts it
+        if nullable:  # missing or None: a null
+            body += [f"        {v} = get({name!r}, _ABSENT)", f"        if {v} is _ABSENT:", f"            {v} = None",
+                     "        else:", "            found += 1", f"            if {v} is not None:"]
+            body += ["                " + line for line in test]
+        else:  # missing (get gives None) or None: no type test passes None
+            body.append(f"        {v} = get({name!r})")
+            body += ["        " + line for line in (test if k != _OTHER else ["return None"])]
+    count = "found" if nullable_any else str(required)
+    body += [f"        if {count} != len(r) and any(key not in known for key in r):",
+             "            return None  # an unknown column: the Arrow path names it",
+             "        out.append((" + "".join(f"v{i}, " for i in range(len(cols))) + "))",
+             "    if nbytes > PY_ROWS_BYTES_MAX:", "        return None", "    return out"]
+    namespace = {"_ABSENT": _ABSENT, "known": known, "PY_ROWS_BYTES_MAX": PY_ROWS_BYTES_MAX,
+                 "UnicodeEncodeError": UnicodeEncodeError}
+    exec(compile("\n".join(body), "<udrflow._pyrows check>", "exec"), namespace)
+    return namespace["check"]
 
 
 # Plans and encodability by schema object: the catalog hands out one schema object per
@@ -149,7 +200,9 @@ def key_values(rows: PyRows, pk: list[str]) -> list:
     cached = rows.keys
     if cached is not None and cached[0] == pk:
         return cached[1]
-    idx = _key_index(rows.schema, pk)
+    schema = rows.schema
+    hit = _key_indexes.get((id(schema), *pk))
+    idx = hit[1] if hit is not None and hit[0] is schema else _key_index(schema, pk)
     if idx is None:
         raise ValueError(f"key columns {pk} are not all among the columns {rows.schema.names}")
     if len(idx) == 1:
@@ -161,13 +214,13 @@ def key_values(rows: PyRows, pk: list[str]) -> list:
     return keys
 
 
-_key_indexes: dict[tuple[int, tuple[str, ...]], tuple[pa.Schema, list[int] | None]] = {}
+_key_indexes: dict[tuple, tuple[pa.Schema, list[int] | None]] = {}  # (id(schema), *pk) -> (schema, positions)
 
 
 def _key_index(schema: pa.Schema, pk: list[str]) -> list[int] | None:
     """Positions of the ``pk`` columns in ``schema`` (None if one is missing), by schema
     identity like the plans: ``schema.names`` builds a new list on every call."""
-    key = (id(schema), tuple(pk))
+    key = (id(schema), *pk)
     hit = _key_indexes.get(key)
     if hit is not None and hit[0] is schema:
         return hit[1]
@@ -214,9 +267,18 @@ def python_rows(data, schema: pa.Schema, columns=None) -> PyRows | None:
             return None
     else:
         return None
-    plan = _plan(schema, columns)
-    if plan is None:
-        return None
+    plan = _plans.get((id(schema), None)) if columns is None else None  # (_plan's cache, looked up here)
+    if plan is None or plan.schema is not schema:
+        plan = _plan(schema, columns)
+        if plan is None:
+            return None
+    out = plan.check(rows)  # (_compile_check: what _check_rows does, for this plan's columns)
+    return None if out is None else PyRows(plan.target, out)
+
+
+def _check_rows(plan: _Plan, rows) -> list[tuple] | None:
+    """The rule of ``python_rows`` as one generic loop over the columns: the reference that
+    ``_compile_check``'s validators are tested against."""
     cols = plan.cols
     out = []
     nbytes = 0
@@ -267,4 +329,4 @@ def python_rows(data, schema: pa.Schema, columns=None) -> PyRows | None:
         out.append(tuple(values))
     if nbytes > PY_ROWS_BYTES_MAX:
         return None
-    return PyRows(plan.target, out)
+    return out

@@ -21,7 +21,6 @@ import collections
 import os
 import queue
 import threading
-from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -43,6 +42,7 @@ from udrflow._commit import (
     expand_changes,
     expand_keyed,
     make_changes,
+    make_row_update,
     make_value_changes,
     net_keyed_values,
     values_to_ipc,
@@ -96,9 +96,14 @@ class Op:
                  primary_key: list[str] | None = None, column: pa.Field | None = None) -> None:
         self.kind = kind
         self.table = table
-        self.py, self._rows = (rows, None) if isinstance(rows, PyRows) else (None, rows)
+        if type(rows) is PyRows:
+            self.py = rows
+            self._rows = None
+        else:
+            self.py = None
+            self._rows = rows
         self.schema = schema
-        self.primary_key = list(primary_key or [])
+        self.primary_key = list(primary_key) if primary_key else []
         self.column = column
 
     @property
@@ -112,6 +117,7 @@ class Op:
 
 
 _PY_ROW_KINDS = frozenset(("insert", "upsert", "delete_keys"))
+_NOT_HERE = object()  # _queue_python: the general path decides
 
 
 class _RowsEffect:
@@ -169,18 +175,21 @@ class SnapshotCache:
                 self._bytes -= old.nbytes
 
 
-@dataclass
 class _Written:
     """One commit's effect on the conflict tracker: the keys it wrote, as an Arrow table
     (``keys``) or as Python key values (``py_keys``, with the table's ``schema`` and ``pk``);
     neither: the whole table (no key, or DDL)."""
 
-    version: int
-    table: tuple[str, int]
-    keys: pa.Table | None
-    py_keys: list | None = None
-    schema: pa.Schema | None = None
-    pk: list[str] | None = None
+    __slots__ = ("version", "table", "keys", "py_keys", "schema", "pk")
+
+    def __init__(self, version: int, table: tuple[str, int], keys: pa.Table | None, py_keys: list | None = None,
+                 schema: pa.Schema | None = None, pk: list[str] | None = None) -> None:
+        self.version = version
+        self.table = table
+        self.keys = keys
+        self.py_keys = py_keys
+        self.schema = schema
+        self.pk = pk
 
     @property
     def whole(self) -> bool:
@@ -190,6 +199,9 @@ class _Written:
         if self.keys is None:
             self.keys = keys_table(self.py_keys, self.pk, self.schema)
         return self.keys
+
+    def __repr__(self) -> str:
+        return f"_Written(version={self.version}, table={self.table!r}, whole={self.whole})"
 
 
 class TableEngine:
@@ -431,7 +443,13 @@ class TableEngine:
             active[begin] = n
         else:
             del active[begin]
-        self._prune_recent()
+        recent = self._recent
+        if recent:  # _prune_recent, inlined (this runs for every transaction)
+            floor = self.log.version
+            if active:
+                floor = min(floor, min(active))
+            while recent and recent[0].version <= floor:
+                recent.popleft()
 
     def _prune_recent(self) -> None:
         # A transaction that begins now begins at the visible version, which may be below
@@ -456,7 +474,18 @@ class TableEngine:
             try:
                 if not ops:
                     raise UsageError("a commit needs at least one operation")
-                queued = self._queue(ops, begin, generation, read_tables, meta)
+                if self.log.failures != self._failures_seen:
+                    self._reset_after_failure()
+                if generation is not None and generation != self._generation:
+                    raise TransactionConflictError(
+                        "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
+                queued = _NOT_HERE
+                if len(ops) == 1:
+                    op = ops[0]
+                    if op.py is not None and op.kind in _PY_ROW_KINDS:
+                        queued = self._queue_python(op, begin, read_tables, meta)
+                if queued is _NOT_HERE:
+                    queued = self._queue(ops, begin, read_tables, meta)
             finally:
                 if end:
                     self._end_locked(begin)  # (prunes the conflict tracker too)
@@ -482,15 +511,10 @@ class TableEngine:
             done.wait()
         return version
 
-    def _queue(self, ops: list[Op], begin: int | None, generation: int | None, read_tables: set[str] | None,
-               meta: dict | None):
-        """``commit`` up to the queueing, with the lock held: (pending commit, resolved
-        operations, chunks to adopt as checkpoints), or None if ``ops`` change nothing."""
-        if self.log.failures != self._failures_seen:
-            self._reset_after_failure()
-        if generation is not None and generation != self._generation:
-            raise TransactionConflictError(
-                "an earlier commit failed after this transaction began; its snapshot may not exist: retry it")
+    def _queue(self, ops: list[Op], begin: int | None, read_tables: set[str] | None, meta: dict | None):
+        """``commit`` up to the queueing, with the lock held, once the log's state is checked
+        (and unless ``_queue_python`` took the commit): (pending commit, resolved operations,
+        chunks to adopt as checkpoints), or None if ``ops`` change nothing."""
         written = self._written_by(ops)
         if begin is not None:
             # Conflicts first: a transaction overtaken by another commit must lose with
@@ -503,6 +527,73 @@ class TableEngine:
         if len(written) > 1 or (written and written[0].table[0] != resolved[0].table):
             changed = {op.table for op in resolved}
             written = [w for w in written if w.table[0] in changed]  # ops that changed nothing wrote nothing
+        return self._queue_resolved(resolved, effects, written, meta)
+
+    def _queue_python(self, op: Op, begin: int | None, read_tables: set[str] | None, meta: dict | None):
+        """``_queue`` of one write of Python rows (the small commit), in one pass: one
+        catalog lookup, no grouping, the head state updated in place. ``_NOT_HERE`` when
+        the general path must decide (an unknown table, a schema the rows were not checked
+        against, columns without a msgpack form, ...); nothing has changed then."""
+        name = op.table
+        tdef = self.catalog.get(name, self._head_version)
+        if tdef is None or not tdef.primary_key:
+            return _NOT_HERE
+        py = op.py
+        schema = tdef.schema
+        if py.schema is not schema:
+            if not self._python_path(tdef, [op]):
+                return _NOT_HERE
+        elif not tdef.encodable:
+            return _NOT_HERE
+        pk = tdef.pk
+        cached = py.keys
+        keys = cached[1] if cached is not None and cached[0] == pk else _py_keys(py, pk)
+        written = _Written(0, tdef.ident, None, keys, schema, pk)
+        if begin is not None:
+            recent = self._recent
+            if recent and recent[-1].version > begin:  # (versions only grow along _recent)
+                self._validate(begin, [written], read_tables or set())
+        head = self._heads.get(tdef.ident)
+        if head is None or head.schema is not schema:
+            head = self._head(tdef)
+        kind = op.kind
+        if kind != "delete_keys" and len(keys) == 1:  # one row set: _python_changes, unrolled
+            plus_rows, dead = py.rows, []
+            loc = head.locate_one(keys[0])
+            if loc is None:
+                changes = make_value_changes(name, tdef.names, plus_rows, 1, [], [], pk)
+            elif kind == "insert":
+                raise SchemaError(f"duplicate primary key {self._fmt_keys(pk, keys)} in the insert into table "
+                                  f"{name!r}: already in the table (use upsert to replace rows)")
+            else:
+                changes = make_row_update(name, tdef.names, plus_rows[0], head.row_at(loc), tdef.value_columns)
+        else:
+            if kind == "delete_keys":
+                plus_rows, minus_keys, inserted = [], keys, False
+                keys = []
+            else:
+                plus_rows, minus_keys, inserted = py.rows, [], kind == "insert"
+            changes, dead = self._python_changes(tdef, head, plus_rows, keys, minus_keys, inserted)
+            if changes is None:
+                return None
+        resolved = [changes]
+        commit = Commit(ops=resolved, meta=meta or {})
+        body = encode_commit(commit)
+        if len(body) > COMMIT_INLINE_ROWS_BYTES_MAX:  # large old values: the general tail moves them
+            return self._queue_resolved(resolved, {name: _RowsEffect(plus_rows, keys, dead)}, [written], meta)
+        pending = self.log.submit(body, failures_seen=self._failures_seen, start=True)
+        version = pending.version
+        with self._catalog_lock:
+            self.catalog.add_change(name, version, changes.rows_in, changes.rows_out)
+        written.version = version
+        self._recent.append(written)
+        head.apply_rows(plus_rows, keys, dead)  # (_apply_heads: the head resolved against is the table's)
+        self._head_version = version
+        return pending, resolved, ()
+
+    def _queue_resolved(self, resolved: list, effects: dict, written: list[_Written], meta: dict | None):
+        """The rest of ``_queue`` once ``ops`` are resolved: encode (moving large rows to
+        chunks), queue on the log, and bring the catalog, conflict tracker and heads up to it."""
         adoptions: list = []
         spill = values_form = False
         for op in resolved:
@@ -665,7 +756,7 @@ class TableEngine:
         head.schema = tdef.schema
         head.base = conform_to(head.base, tdef.schema)
         if isinstance(head, KeyedHead):
-            head._base_columns = None
+            head._source_columns = {}
             pos = [before.index(n) if n in before else -1 for n in tdef.schema.names]
             head.batches = [[tuple(r[i] if i >= 0 else None for i in pos) for r in b] if type(b) is list
                             else conform_to(b, tdef.schema) for b in head.batches]
@@ -814,8 +905,7 @@ class TableEngine:
     def _resolve_python(self, tdef: TableDef, ops: list[Op]):
         """``_resolve_rows`` for Python rows: the same decisions, in the same row order, made
         with dict lookups in the head state, and changes in the msgpack form."""
-        name = tdef.name
-        pk = list(tdef.primary_key)
+        pk = tdef.pk
         head = self._head(tdef)
         inserted = False
         if len(ops) == 1:
@@ -828,34 +918,49 @@ class TableEngine:
                 inserted = op.kind == "insert"
         else:
             plus_rows, plus_keys, minus_keys = self._net_python(tdef, head, ops)
+        changes, dead = self._python_changes(tdef, head, plus_rows, plus_keys, minus_keys, inserted)
+        if changes is None:
+            return None, None
+        return changes, _RowsEffect(plus_rows, plus_keys, dead)
+
+    def _python_changes(self, tdef: TableDef, head, plus_rows: list, plus_keys: list, minus_keys: list,
+                        inserted: bool) -> tuple[Changes | None, list]:
+        """The msgpack-form changes of setting ``plus_rows`` (keys ``plus_keys``; ``inserted``:
+        each must be new) and deleting ``minus_keys``, against ``head``; and the keys that
+        end deleted. (None, []) when nothing changes."""
         upd_new, upd_old, ins, dels, dead = [], [], [], [], []
         if plus_rows:
             locs = head.locate(plus_keys)
             if inserted:
                 clash = [k for k, loc in zip(plus_keys, locs, strict=True) if loc is not None]
                 if clash:
-                    raise SchemaError(f"duplicate primary key {self._fmt_keys(pk, clash)} in the insert into table "
-                                      f"{name!r}: already in the table (use upsert to replace rows)")
-            present = [loc for loc in locs if loc is not None]
-            if present:
-                upd_old = head.rows(present)
-                if len(present) == len(locs):
-                    upd_new = plus_rows
+                    raise SchemaError(f"duplicate primary key {self._fmt_keys(tdef.pk, clash)} in the insert into "
+                                      f"table {tdef.name!r}: already in the table (use upsert to replace rows)")
+            if len(locs) == 1:
+                if locs[0] is not None:
+                    upd_old, upd_new = head.rows(locs), plus_rows
                 else:
-                    upd_new = [r for r, loc in zip(plus_rows, locs, strict=True) if loc is not None]
-                    ins = [r for r, loc in zip(plus_rows, locs, strict=True) if loc is None]
+                    ins = plus_rows
             else:
-                ins = plus_rows
+                present = [loc for loc in locs if loc is not None]
+                if present:
+                    upd_old = head.rows(present)
+                    if len(present) == len(locs):
+                        upd_new = plus_rows
+                    else:
+                        upd_new = [r for r, loc in zip(plus_rows, locs, strict=True) if loc is not None]
+                        ins = [r for r, loc in zip(plus_rows, locs, strict=True) if loc is None]
+                else:
+                    ins = plus_rows
         if minus_keys:
             found = [(k, loc) for k, loc in zip(minus_keys, head.locate(minus_keys), strict=True) if loc is not None]
             if found:
                 dead = [k for k, _ in found]
                 dels = head.rows([loc for _, loc in found])
         if not (upd_new or ins or dels):
-            return None, None
+            return None, dead
         new_rows = upd_new + ins if ins and upd_new else (upd_new or ins)
-        changes = make_value_changes(name, tdef.schema.names, new_rows, len(ins), dels, upd_old, pk)
-        return changes, _RowsEffect(plus_rows, plus_keys, dead)
+        return make_value_changes(tdef.name, tdef.names, new_rows, len(ins), dels, upd_old, tdef.pk), dead
 
     def _net_python(self, tdef: TableDef, head, ops: list[Op]) -> tuple[list, list, list]:
         """``_net_effect`` for Python rows: (rows whose key ends set, their keys, keys that

@@ -56,12 +56,16 @@ class Transaction:
             raise UsageError(f"this transaction is {self._state}: start a new one")
 
     def insert(self, table: str, rows) -> None:
-        self._check_open()
-        self._ops.append(self._db._row_op("insert", table, rows, version=self.begin_version, ops=self._ops))
+        if self._state != "open":
+            self._check_open()
+        ops = self._ops
+        ops.append(self._db._row_op("insert", table, rows, self.begin_version, ops))
 
     def upsert(self, table: str, rows) -> None:
-        self._check_open()
-        self._ops.append(self._db._row_op("upsert", table, rows, version=self.begin_version, ops=self._ops))
+        if self._state != "open":
+            self._check_open()
+        ops = self._ops
+        ops.append(self._db._row_op("upsert", table, rows, self.begin_version, ops))
 
     def delete(self, table: str, keys=None, *, where: str | None = None) -> None:
         """Delete rows by primary key (``keys``: rows holding the key columns) or by a SQL
@@ -77,7 +81,7 @@ class Transaction:
             kind = "delete_keys" if pk else "delete_rows"
             self._ops.append(Op(kind, table, matched.select(pk) if pk else matched))
             return
-        self._ops.append(self._db._row_op("delete_keys", table, keys, version=self.begin_version, ops=self._ops))
+        self._ops.append(self._db._row_op("delete_keys", table, keys, self.begin_version, self._ops))
 
     def delete_rows(self, table: str, rows, *, verify: bool = True) -> None:
         """Delete these whole rows, one stored copy per given row (for tables without a
@@ -86,7 +90,7 @@ class Transaction:
         know their deletions are exact, such as a view's maintenance."""
         self._check_open()
         kind = "delete_rows" if verify else "retract_rows"
-        self._ops.append(self._db._row_op(kind, table, rows, version=self.begin_version, ops=self._ops))
+        self._ops.append(self._db._row_op(kind, table, rows, self.begin_version, self._ops))
 
     def create_table(self, name: str, schema: pa.Schema, primary_key=None) -> None:
         self._check_open()
@@ -129,7 +133,8 @@ class Transaction:
     def commit(self) -> int | None:
         """Commit atomically; return the version (None if nothing was written)."""
         with self._lock:
-            self._check_open()
+            if self._state != "open":
+                self._check_open()
             if not self._ops:
                 self._state = "committed"
                 self._engine.end(self.begin_version)
