@@ -1118,3 +1118,39 @@ def test_cli_subscribe_idle_timeout_and_table_format(db):
     proc = subprocess.run([*CLI, "subscribe", "--db", db.path, "--from-version", "99"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 1 and "from_version=99 is not yet in the log" in proc.stderr
+
+
+def test_raw_changes_from_the_writers_recent_commits_equal_the_log(tmp_path):
+    """A reader in the writing process takes the newest small commits as the engine made them
+    (TableEngine.recent_commits); what it gets equals what reading and decoding the log gives,
+    including a commit whose rows went to chunks and one of another table."""
+    from udrflow._changefeed import read_raw_changes
+    from udrflow._tables import RECENT_COMMIT_BYTES_MAX
+
+    db = udrflow.open(str(tmp_path / "r.udr"))
+    db.create_table("t", pa.schema([("k", pa.int64()), ("s", pa.string())]), primary_key=["k"])
+    db.create_table("u", pa.schema([("k", pa.int64())]))
+    start = db.version
+    db.upsert("t", [{"k": 1, "s": "a"}])
+    db.upsert("t", [{"k": 1, "s": "b"}, {"k": 2, "s": None}])
+    db.insert("u", [{"k": 7}])
+    db.upsert("t", [{"k": 3, "s": "x" * (RECENT_COMMIT_BYTES_MAX + 1)}])
+    db.delete("t", [{"k": 2}])
+    engine = db._engine()
+    # (the large upsert's rows went to chunks: its commit is small, and kept, with the chunks named)
+    assert all(v in engine.recent_commits for v in range(start + 1, start + 6))
+
+    def seen(tables):
+        return [(c.version, c.table, c.kind, c.num_rows, c.change_rows().to_pylist())
+                for c in read_raw_changes(engine, tables, start, db.version)]
+
+    cached = seen({"t"}), seen(None)
+    engine.recent_commits.clear()
+    assert (seen({"t"}), seen(None)) == cached
+    assert [v for v, *_ in cached[0]] == [start + 1, start + 2, start + 4, start + 5]
+    assert cached[0][1][4] == [
+        {"k": 1, "s": "a", "__op": "update", "__weight": -1},
+        {"k": 1, "s": "b", "__op": "update", "__weight": 1},
+        {"k": 2, "s": None, "__op": "insert", "__weight": 1},
+    ]
+    db.close()

@@ -304,9 +304,14 @@ class _Reader:
         ops = self._ops(record)
         if ops is None:
             return []
-        version = record.version
-        catalog = self._catalog_at(version)
+        return self.raw_ops(record.version, ops)
+
+    def raw_ops(self, version: int, ops: list) -> list[RawChange]:
+        """``raw`` of a commit's operations, already decoded (or never encoded: the writer's own)."""
         wanted = self.tables
+        if wanted is not None and not any(op.table in wanted for op in ops):
+            return []
+        catalog = self._catalog_at(version)
         out: list[RawChange] = []
         for op in ops:
             if wanted is not None and op.table not in wanted:
@@ -478,8 +483,19 @@ def read_raw_changes(engine, tables: set[str] | None, after: int, upto: int) -> 
         if upto <= after:
             return
     reader = _Reader(engine, tables)
-    for record in engine.log.scan(after + 1, upto):
-        yield from reader.raw(record)
+    # The newest commits of the writing process, as its engine made them: no read from the
+    # segment and no decoding (a view's source reads the commit that just woke it).
+    recent = engine.recent_commits
+    v = after + 1
+    while v <= upto:
+        commit = recent.get(v)
+        if commit is None:
+            break
+        yield from reader.raw_ops(v, commit.ops)
+        v += 1
+    if v <= upto:
+        for record in engine.log.scan(v, upto):
+            yield from reader.raw(record)
 
 
 def read_changes(engine, tables: set[str] | None, after: int, upto: int) -> Iterator[ChangeBatch]:

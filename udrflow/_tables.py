@@ -79,6 +79,10 @@ CHECKPOINT_TAIL_COMMITS_MAX = 256   # ... or when this many commits changed it s
 # trigger (the checkpoint thread, sharing the GIL, fell behind a fast writer) waits for the
 # checkpoint in flight, so the tail a read replays stays bounded.
 CHECKPOINT_TAIL_BACKLOG_FACTOR = 2
+# The newest commits this engine made, kept as objects (see TableEngine.recent_commits):
+# how many, and the largest encoded size kept.
+RECENT_COMMITS_MAX = 64
+RECENT_COMMIT_BYTES_MAX = 64 * 1024
 
 
 # ---- logical operations (what users ask for; resolved at commit) ----------------------
@@ -222,6 +226,11 @@ class TableEngine:
         self._maintenance_lock = threading.Lock()  # checkpoint writes vs gc's sweep
         self.catalog = self._load_catalog_snapshot()
         self.cache = SnapshotCache()
+        # version -> Commit: the newest small commits of this writer as it made them, so a
+        # reader in this process (a view's source, woken by the commit) takes them without
+        # reading the segment and decoding. Set before the commit is visible; cleared when
+        # queued commits are discarded (their versions are then used again).
+        self.recent_commits: dict[int, Commit] = {}
         self._lock = threading.Lock()  # the commit critical section
         self._heads: dict[tuple[str, int], KeyedHead | MultisetHead] = {}
         self._head_version = 0
@@ -583,6 +592,7 @@ class TableEngine:
             return self._queue_resolved(resolved, {name: _RowsEffect(plus_rows, keys, dead)}, [written], meta)
         pending = self.log.submit(body, failures_seen=self._failures_seen, start=True)
         version = pending.version
+        self._remember(version, commit, len(body))
         with self._catalog_lock:
             self.catalog.add_change(name, version, changes.rows_in, changes.rows_out)
         written.version = version
@@ -618,6 +628,7 @@ class TableEngine:
         # start=True: the bookkeeping below runs while the device takes a lone commit's data.
         pending = self.log.submit(body, failures_seen=self._failures_seen, start=True)
         version = pending.version
+        self._remember(version, commit, len(body))
         with self._catalog_lock:
             self.catalog.apply(version, commit)
         for w in written:
@@ -627,8 +638,17 @@ class TableEngine:
         self._head_version = version
         return pending, resolved, adoptions
 
+    def _remember(self, version: int, commit: Commit, nbytes: int) -> None:
+        recent = self.recent_commits
+        if nbytes <= RECENT_COMMIT_BYTES_MAX:
+            recent[version] = commit
+        else:
+            recent.pop(version, None)
+        recent.pop(version - RECENT_COMMITS_MAX, None)
+
     def _reset_after_failure(self) -> None:
         """An epoch failed: every queued commit was discarded. Forget what they did."""
+        self.recent_commits.clear()
         visible = self.log.version
         with self._catalog_lock:
             self.catalog = Catalog()
