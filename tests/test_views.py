@@ -938,3 +938,28 @@ def test_not_null_group_keys_key_the_views_table(tmp_path):
     finally:
         db.views.stop()
         db.close()
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_join_side_rows_as_python_equal_its_table_and_survive_a_snapshot(monkeypatch, whole):
+    """A join side answers a probe's row lookups from Python columns (whole, when small) or
+    row by row (when large); both equal the side's rows, and a pickled side (a snapshot)
+    drops those caches and rebuilds them from its rows."""
+    import pickle
+
+    from udrflow.views import _plan
+
+    if not whole:
+        monkeypatch.setattr(_plan, "JOIN_SIDE_ROW_CACHE_MAX", 2)
+    schema = pa.schema([("k", pa.int64()), ("cat", pa.string())])
+    side = _plan._Side(schema)
+    side.add(pa.table({"k": [1, 2, 3], "cat": ["a", None, "c"], _plan.W: pa.array([1, 1, 2], pa.int64())}))
+    expected = [(r["k"], r["cat"], r[_plan.W]) for r in side.table().to_pylist()]
+    names = ["k", "cat"]
+    assert [side.row(p, names) for p in range(3)] == expected
+    assert bool(side.__dict__.get("_pycols")) is whole
+    restored = pickle.loads(pickle.dumps(side))
+    assert not ({"_pycols", "_rows", "_index"} & set(restored.__dict__))
+    assert [restored.row(p, names) for p in (2, 0, 1)] == [expected[2], expected[0], expected[1]]
+    side.add(pa.table({"k": [4], "cat": ["d"], _plan.W: pa.array([1], pa.int64())}))  # a change drops the caches
+    assert side.row(3, names) == (4, "d", 1)

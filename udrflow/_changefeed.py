@@ -225,12 +225,12 @@ def py_array(values: list, type: pa.DataType) -> pa.Array:
         for v in values:
             if v.__class__ is not int:
                 return pa.array(values, type)
-        return pa.array(np.array(values, np.int64), type)
+        return pa.array(np.array(values, np.int64))  # (its type is int64: passing it costs a cast check)
     if t == _FLOAT64_ID:
         for v in values:
             if v.__class__ is not float:
                 return pa.array(values, type)
-        return pa.array(np.array(values, np.float64), type)
+        return pa.array(np.array(values, np.float64))
     return pa.array(values, type)
 
 

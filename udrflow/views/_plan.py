@@ -46,16 +46,24 @@ JOIN_KINDS = ("inner", "left")
 
 
 _EMPTY: dict[pa.Schema, pa.Table] = {}
+_EMPTY_BY_ID: dict[int, tuple[pa.Schema, pa.Table]] = {}
 
 
 def empty_delta(schema: pa.Schema) -> pa.Table:
     """A delta with no rows (cached per schema: building an empty table costs ~100 us, and
-    tables are immutable)."""
+    tables are immutable). Looked up by the schema object first: hashing a schema costs
+    several microseconds, and a node asks with its own schema at every step."""
+    found = _EMPTY_BY_ID.get(id(schema))
+    if found is not None and found[0] is schema:
+        return found[1]
     e = _EMPTY.get(schema)
     if e is None:
         if len(_EMPTY) > 1024:
             _EMPTY.clear()
         e = _EMPTY[schema] = schema.append(pa.field(W, pa.int64())).empty_table()
+    if len(_EMPTY_BY_ID) > 1024:
+        _EMPTY_BY_ID.clear()
+    _EMPTY_BY_ID[id(schema)] = (schema, e)  # holds the schema, so its id() is not reused
     return e
 
 
@@ -819,6 +827,13 @@ class _Side:
         self.schema = schema
         self.key_rows: dict = {}
 
+    def __getstate__(self) -> dict:
+        # A snapshot keeps the rows, not the caches derived from them (rebuilt on first probe).
+        state = dict(self.__dict__)
+        for cache in ("_index", "_rows", "_pycols"):
+            state.pop(cache, None)
+        return state
+
     def table(self) -> pa.Table:
         """Every row with its weight, for a probe (consolidated first if it has grown)."""
         if not self.chunks:
@@ -834,6 +849,7 @@ class _Side:
         self.chunks, self.rows, self.compacted_rows = [live], live.num_rows, live.num_rows
         self._index = None
         self._rows = None
+        self._pycols = None
 
     def index(self, on: list[str]) -> dict:
         """key -> positions in ``table()``; rebuilt only after the side changed."""
@@ -847,7 +863,18 @@ class _Side:
 
     def row(self, pos: int, names: list[str]) -> tuple:
         """Row ``pos`` of ``table()``: the values of ``names`` then the weight, as Python
-        (cached while the side does not change; ``names`` is always the same per side)."""
+        (cached while the side does not change; ``names`` is always the same per side). A
+        side of up to JOIN_SIDE_ROW_CACHE_MAX rows is converted whole, once: a probe then
+        costs list lookups, not an Arrow scalar per value."""
+        cols = self.__dict__.get("_pycols")
+        if cols is None:
+            table = self.table()
+            if table.num_rows <= JOIN_SIDE_ROW_CACHE_MAX:
+                cols = self._pycols = [table.column(n).to_pylist() for n in names] + [table.column(W).to_pylist()]
+            else:
+                cols = self._pycols = []  # too big: row by row, below
+        if cols:
+            return tuple([c[pos] for c in cols])
         rows = self.__dict__.get("_rows")
         if rows is None:
             rows = self._rows = {}
@@ -866,6 +893,7 @@ class _Side:
         self.rows += delta.num_rows
         self._index = None
         self._rows = None
+        self._pycols = None
         if self.rows > 8 * self.compacted_rows + JOIN_SIDE_UNPROBED_ROWS_MAX:
             self._compact()
 
