@@ -37,6 +37,11 @@ import threading
 import time
 from collections import deque
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 from udrflow._clock import Clock
 from udrflow._ext import _frame
 from udrflow._ext._fastio import HAVE_START_WRITEBACK, pwrite_all, start_writeback
@@ -76,6 +81,7 @@ class Durability:
     ALL = (SYNC, INTERVAL, NONE)
 
 
+@cython.cclass
 class _Ticket:
     """One queued append. Its committing thread sleeps on its own lock, so finishing an
     epoch wakes exactly the threads it concerns (its committers and the next leader),
@@ -83,8 +89,16 @@ class _Ticket:
     the epoch's write. The lock is made only when the thread first has to sleep: a lone
     committer leads its own epoch and never does."""
 
-    __slots__ = ("bodies", "version_first", "timestamp_us", "nbytes", "done", "error", "lock", "sleeping",
-                 "prewrite")
+    # An extension type when compiled (see udrflow/_cython_shim.py): fields, not a dict.
+    bodies = cython.declare(object, visibility="public")
+    version_first = cython.declare(object, visibility="public")
+    timestamp_us = cython.declare(object, visibility="public")
+    nbytes = cython.declare(object, visibility="public")
+    done = cython.declare(cython.bint, visibility="public")
+    error = cython.declare(object, visibility="public")
+    lock = cython.declare(object, visibility="public")
+    sleeping = cython.declare(cython.bint, visibility="public")
+    prewrite = cython.declare(object, visibility="public")
 
     def __init__(self, bodies: list[bytes], version_first: int, timestamp_us: int, nbytes: int) -> None:
         self.bodies = bodies
@@ -97,6 +111,7 @@ class _Ticket:
         self.sleeping = False
         self.prewrite: _Prewrite | None = None  # see submit(start=True)
 
+    @cython.ccall
     def wake(self) -> None:
         """Called with the writer's lock held."""
         if self.sleeping:
@@ -104,12 +119,17 @@ class _Ticket:
             self.lock.release()
 
 
+@cython.cclass
 class _Prewrite:
     """A ticket's frames written ahead of its epoch (see ``submit(start=True)``): where,
     and the failure if the write failed (the epoch then fails with it). ``pending``: asked
     for, not yet done (the ticket's epoch may start first and then writes it itself)."""
 
-    __slots__ = ("pending", "segment", "offsets", "end", "failure")
+    pending = cython.declare(cython.bint, visibility="public")
+    segment = cython.declare(object, visibility="public")
+    offsets = cython.declare(object, visibility="public")
+    end = cython.declare(object, visibility="public")
+    failure = cython.declare(object, visibility="public")
 
     def __init__(self) -> None:
         self.pending = True
@@ -128,8 +148,44 @@ class _EpochFailed(Exception):
         self.poison = poison
 
 
+@cython.cclass
 class LogWriter:
     """Appends commits to the newest segment of a log directory. Owned by an EpochLog."""
+
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    _log = cython.declare(object, visibility="public")
+    _io = cython.declare(object, visibility="public")
+    _pwritev = cython.declare(object, visibility="public")
+    _fdatasync = cython.declare(object, visibility="public")
+    _start_writeback = cython.declare(object, visibility="public")
+    _cond = cython.declare(object, visibility="public")
+    _durability = cython.declare(object, visibility="public")
+    _segment_size_bytes = cython.declare(object, visibility="public")
+    _clock = cython.declare(object, visibility="public")
+    _pending = cython.declare(object, visibility="public")
+    _pending_bytes = cython.declare(object, visibility="public")
+    _next_version = cython.declare(object, visibility="public")
+    _last_timestamp_us = cython.declare(object, visibility="public")
+    _flushing = cython.declare(cython.bint, visibility="public")
+    _closed = cython.declare(cython.bint, visibility="public")
+    _arrivals = cython.declare(object, visibility="public")
+    _lingering = cython.declare(cython.bint, visibility="public")
+    _last_epoch_tickets = cython.declare(object, visibility="public")
+    _fsync_ema_s = cython.declare(object, visibility="public")
+    _poisoned = cython.declare(object, visibility="public")
+    _failures = cython.declare(object, visibility="public")
+    _last_failure = cython.declare(object, visibility="public")
+    _io_lock = cython.declare(object, visibility="public")
+    _segment = cython.declare(object, visibility="public")
+    _write_offset = cython.declare(object, visibility="public")
+    _fd = cython.declare(object, visibility="public")
+    _prealloc_end = cython.declare(object, visibility="public")
+    _unsynced = cython.declare(cython.bint, visibility="public")
+    _unsynced_frames = cython.declare(object, visibility="public")
+    _head = cython.declare(object, visibility="public")
+    _head_ok = cython.declare(cython.bint, visibility="public")
+    _syncer_stop = cython.declare(object, visibility="public")
+    _syncer = cython.declare(object, visibility="public")
 
     def __init__(self, log, io: FileIO, durability: str, fsync_interval_ms: int,
                  segment_size_bytes: int, clock: Clock) -> None:
@@ -218,11 +274,14 @@ class LogWriter:
         """How many epochs have failed since open; each failure discards every queued commit."""
         return self._failures
 
+    @cython.locals(ticket=_Ticket)
     def wait(self, ticket: _Ticket) -> int:
         """Block until a submitted ticket is acknowledged; raise its error if it failed."""
         self._await(ticket)
         return ticket.version_first
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket)
     def _enqueue(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None,
                  prewrite: bool = False) -> _Ticket:
         nbytes += _OVERHEAD * len(bodies)
@@ -249,6 +308,8 @@ class LogWriter:
                 ticket.prewrite = _Prewrite()  # the oldest ticket: it will head the next epoch
             return ticket
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket, pre=_Prewrite)
     def _prewrite(self, ticket: _Ticket) -> None:
         """Write ``ticket``'s frames where its epoch will start, and start their write-back.
         Skipped if its epoch has begun meanwhile, or if they do not fit in the active
@@ -287,6 +348,8 @@ class LogWriter:
                 # (starting one neither waits for it nor consumes it). Stop asking.
                 self._start_writeback = None
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket, t=_Ticket)
     def _await(self, ticket: _Ticket) -> None:
         cond = self._cond
         with cond:
@@ -337,6 +400,7 @@ class LogWriter:
         if ticket.error is not None:
             raise ticket.error
 
+    @cython.ccall
     def _linger(self) -> None:
         """As the new leader (lock held): if the previous epoch showed concurrency, wait up
         to half an fdatasync for as many commits as it held. Never with a single committer."""
@@ -354,6 +418,8 @@ class LogWriter:
         finally:
             self._lingering = False
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket)
     def _take_epoch(self) -> list[_Ticket]:
         batch = [self._pending.popleft()]
         size = batch[0].nbytes
@@ -365,6 +431,8 @@ class LogWriter:
         self._last_epoch_tickets = len(batch)
         return batch
 
+    @cython.ccall
+    @cython.locals(pre=_Prewrite, ticket=_Ticket)
     def _write_epoch(self, batch: list[_Ticket]):
         """Encode, write and (in sync mode) fdatasync one epoch. Runs without the lock."""
         with self._io_lock:
@@ -432,6 +500,8 @@ class LogWriter:
             self._publish_head(batch[-1].version_first + len(batch[-1].bodies) - 1, segment.first_version, pos)
             return updates
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket, pre=_Prewrite)
     def _finish_prewritten(self, ticket: _Ticket, pre: _Prewrite):
         """``_write_epoch`` of an epoch of one pre-written ticket: only the fdatasync is left."""
         self._sync(pre.segment, self._fd)
@@ -440,6 +510,8 @@ class LogWriter:
         self._publish_head(ticket.version_first + count - 1, pre.segment.first_version, pre.end)
         return [(pre.segment, pre.offsets, array.array("q", [ticket.timestamp_us]) * count, pre.end)]
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket)
     def _write_one(self, ticket: _Ticket):
         """``_write_epoch`` of an epoch of one ticket whose frames fit in the active segment
         and its zeros written ahead: the lone committer's case, with nothing to roll, fill or
@@ -462,6 +534,7 @@ class LogWriter:
         self._publish_head(ticket.version_first + count - 1, segment.first_version, end)
         return [(segment, offsets, array.array("q", [ticket.timestamp_us]) * count, end)]
 
+    @cython.ccall
     def _write_frames(self, segment: Segment, fd: int, buffers: list[bytes], end: int,
                       epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
         """Write ``buffers`` so they end at ``end``, first zero-filling ahead if needed."""
@@ -485,6 +558,7 @@ class LogWriter:
                                    True) from exc
             self._prealloc_end = end
 
+    @cython.ccall
     def _write(self, segment: Segment, fd: int, buffers: list[bytes], offset: int,
                epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
         try:
@@ -502,6 +576,7 @@ class LogWriter:
             self._prealloc_end = epoch_start
             raise _EpochFailed(error, poison=False) from exc
 
+    @cython.ccall
     def _sync(self, segment: Segment, fd: int) -> None:
         try:
             started = time.monotonic()
@@ -535,6 +610,7 @@ class LogWriter:
         err.__cause__ = exc
         return err
 
+    @cython.ccall
     def _publish_head(self, version: int, segment_first_version: int, end_offset: int) -> None:
         # HEAD is a hint for readers in other processes; the commits are already durable,
         # so a failure here must not fail them. Readers without HEAD scan to end of file.
@@ -545,6 +621,8 @@ class LogWriter:
         except OSError:
             self._head_ok = False
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket, last=_Ticket)
     def _complete(self, batch: list[_Ticket], updates) -> None:
         """Index the epoch's frames and make its commits visible. Holds the lock."""
         log = self._log
@@ -588,6 +666,7 @@ class LogWriter:
         err.__cause__ = error.__cause__
         return err
 
+    @cython.ccall
     def _check_usable(self) -> None:
         if self._poisoned is not None:
             raise self._copy_error(self._poisoned)
