@@ -24,6 +24,11 @@ import time
 
 import pyarrow as pa
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 from udrflow._fold import fold_keyed, fold_multiset
 from udrflow._predicate import filter_where
 from udrflow._tables import Op, TableEngine
@@ -32,7 +37,21 @@ from udrflow.errors import InvalidOptionError, TransactionConflictError, UsageEr
 ISOLATION_LEVELS = ("snapshot", "serializable")
 
 
+@cython.cclass
 class Transaction:
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    _db = cython.declare(object, visibility="public")
+    _engine = cython.declare(object, visibility="public")
+    isolation = cython.declare(object, visibility="public")
+    begin_version = cython.declare(object, visibility="public")
+    _generation = cython.declare(object, visibility="public")
+    _ops = cython.declare(object, visibility="public")
+    _read_tables = cython.declare(object, visibility="public")
+    _state = cython.declare(object, visibility="public")
+    version = cython.declare(object, visibility="public")
+    meta = cython.declare(object, visibility="public")
+    _lock = cython.declare(object, visibility="public")
+
     def __init__(self, db, engine: TableEngine, isolation: str = "snapshot") -> None:
         if isolation not in ISOLATION_LEVELS:
             raise InvalidOptionError(f"isolation must be one of {ISOLATION_LEVELS}: got {isolation!r}")
@@ -51,6 +70,7 @@ class Transaction:
 
     # ---- writes (buffered) -----------------------------------------------------------
 
+    @cython.ccall
     def _check_open(self) -> None:
         if self._state != "open":
             raise UsageError(f"this transaction is {self._state}: start a new one")
@@ -130,6 +150,7 @@ class Transaction:
 
     # ---- end -------------------------------------------------------------------------
 
+    @cython.ccall
     def commit(self) -> int | None:
         """Commit atomically; return the version (None if nothing was written)."""
         with self._lock:
@@ -151,6 +172,7 @@ class Transaction:
             self._state = "committed"
             return self.version
 
+    @cython.ccall
     def rollback(self) -> None:
         with self._lock:
             if self._state == "open":
