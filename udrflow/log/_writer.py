@@ -159,6 +159,7 @@ class LogWriter:
     _fdatasync = cython.declare(object, visibility="public")
     _start_writeback = cython.declare(object, visibility="public")
     _cond = cython.declare(object, visibility="public")
+    _lock = cython.declare(object, visibility="public")
     _durability = cython.declare(object, visibility="public")
     _segment_size_bytes = cython.declare(object, visibility="public")
     _clock = cython.declare(object, visibility="public")
@@ -205,6 +206,9 @@ class LogWriter:
             self._start_writeback = (start_writeback if HAVE_START_WRITEBACK else None) if real \
                 else getattr(io, "start_writeback", None)
         self._cond: threading.Condition = log._cond
+        # The condition's lock, taken directly on the commit path: ``with`` on a Condition
+        # runs its __enter__/__exit__ as Python frames, the lock's are C.
+        self._lock = log._lock
         self._durability = durability
         self._segment_size_bytes = segment_size_bytes
         self._clock = clock
@@ -285,7 +289,7 @@ class LogWriter:
     def _enqueue(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None,
                  prewrite: bool = False) -> _Ticket:
         nbytes += _OVERHEAD * len(bodies)
-        with self._cond:
+        with self._lock:
             if self._poisoned is not None or self._closed:
                 self._check_usable()
             if failures_seen is not None and failures_seen != self._failures:
@@ -352,24 +356,25 @@ class LogWriter:
     @cython.locals(ticket=_Ticket, t=_Ticket)
     def _await(self, ticket: _Ticket) -> None:
         cond = self._cond
-        with cond:
+        lock = self._lock  # (cond's lock: see __init__)
+        with lock:
             while not ticket.done:
                 if self._flushing:
                     if ticket.lock is None:
                         ticket.lock = threading.Lock()
                         ticket.lock.acquire()  # released by ticket.wake(), re-taken by our acquire below
                     ticket.sleeping = True
-                    cond.release()
+                    lock.release()
                     try:
                         ticket.lock.acquire()  # until ticket.wake(): done, or lead the next epoch
                     finally:
-                        cond.acquire()
+                        lock.acquire()
                     continue
                 self._flushing = True
                 if self._last_epoch_tickets > 1:
                     self._linger()
                 batch = self._take_epoch()
-                cond.release()
+                lock.release()
                 failure: _EpochFailed | None = None
                 result = None
                 try:
@@ -382,7 +387,7 @@ class LogWriter:
                     err.__cause__ = exc
                     failure = _EpochFailed(err, poison=True)
                 finally:
-                    cond.acquire()
+                    lock.acquire()
                     self._flushing = False
                 if failure is None:
                     self._complete(batch, result)
@@ -636,8 +641,11 @@ class LogWriter:
             segment.end_offset = end
         last = batch[-1]
         visible = last.version_first + len(last.bodies) - 1
-        if visible != log._segments[-1].last_version:  # (not require(): its message would be built every epoch)
-            require(False, f"index ends at {log._segments[-1].last_version}, epoch ends at {visible}")
+        tail = log._segments[-1]
+        # (Segment.last_version, inlined: a property of a Python class is a Python frame.
+        # Not require(): its message would be built every epoch.)
+        if visible != tail.first_version + len(tail.offsets) - 1:
+            require(False, f"index ends at {tail.last_version}, epoch ends at {visible}")
         log._visible_version = visible
         for ticket in batch:
             ticket.done = True
