@@ -28,6 +28,7 @@ import warnings
 # the package), so it must stay a literal.
 COMPILED_MODULES = (
     "_catalog",
+    "_clock",
     "_changefeed",
     "_commit",
     "_database",
