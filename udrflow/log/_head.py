@@ -13,6 +13,11 @@ import os
 import struct
 from dataclasses import dataclass
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 from udrflow._ext._crc32c import crc32c
 from udrflow._ext._fastio import pwrite_all
 from udrflow._fileio import FileIO
@@ -48,7 +53,14 @@ def decode_head(data: bytes) -> Head | None:
     return Head(version, seg, end)
 
 
+@cython.cclass
 class HeadWriter:
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    _io = cython.declare(object, visibility="public")
+    _pwritev = cython.declare(object, visibility="public")
+    path = cython.declare(object, visibility="public")
+    _fd = cython.declare(object, visibility="public")
+
     def __init__(self, io: FileIO, directory: str) -> None:
         self._io = io
         # FileIO.pwritev of bytes is pwrite_all; a subclass (faults) keeps its own.
