@@ -33,6 +33,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 from udrflow._limits import PY_ROWS_BYTES_MAX, PY_ROWS_MAX
 
 _ABSENT = object()
@@ -69,8 +74,15 @@ def _encodable_type(t: pa.DataType) -> bool:
             or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t))
 
 
+@cython.cclass
 class _Plan:
-    __slots__ = ("schema", "columns", "target", "cols", "known", "check")
+    # An extension type when compiled (see udrflow/_cython_shim.py): fields, not a dict.
+    schema = cython.declare(object, visibility="public")
+    columns = cython.declare(object, visibility="public")
+    target = cython.declare(object, visibility="public")
+    cols = cython.declare(object, visibility="public")
+    known = cython.declare(object, visibility="public")
+    check = cython.declare(object, visibility="public")
 
     def __init__(self, schema: pa.Schema, columns: tuple[str, ...] | None) -> None:
         self.schema = schema
@@ -163,12 +175,17 @@ def encodable(schema: pa.Schema) -> bool:
     return ok
 
 
+@cython.cclass
 class PyRows:
     """Rows checked by :func:`python_rows`: tuples of Python values in ``schema``'s column
     order, equal to what ``to_arrow`` gives for the same input. ``to_table()`` builds (once)
     the Arrow table, for the code paths that need one."""
 
-    __slots__ = ("schema", "rows", "keys", "_table")
+    # An extension type when compiled (see udrflow/_cython_shim.py): fields, not a dict.
+    schema = cython.declare(object, visibility="public")
+    rows = cython.declare(object, visibility="public")
+    keys = cython.declare(object, visibility="public")
+    _table = cython.declare(object, visibility="public")
 
     def __init__(self, schema: pa.Schema, rows: list[tuple]) -> None:
         self.schema = schema
@@ -255,6 +272,7 @@ def rows_to_table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+@cython.locals(plan=_Plan)
 def python_rows(data, schema: pa.Schema, columns=None) -> PyRows | None:
     """``data`` (one dict, or a list or tuple of up to PY_ROWS_MAX dicts) as PyRows of
     ``schema`` (or of only ``columns``), or None when the Arrow path must decide."""
