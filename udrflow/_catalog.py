@@ -91,8 +91,8 @@ class _History:
     """One table name's definitions over versions, and the versions that changed its rows."""
 
     # An extension type when compiled (see udrflow/_cython_shim.py): fields, not a dict.
-    versions = cython.declare(object, visibility="public")
-    defs = cython.declare(object, visibility="public")
+    versions = cython.declare(list, visibility="public")
+    defs = cython.declare(list, visibility="public")
     change_versions = cython.declare(object, visibility="public")
     change_rows_cum = cython.declare(object, visibility="public")
     rows_cum = cython.declare(object, visibility="public")
@@ -121,7 +121,7 @@ class _History:
 @cython.cclass
 class Catalog:
     # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
-    _tables = cython.declare(object, visibility="public")
+    _tables = cython.declare(dict, visibility="public")
     version = cython.declare(object, visibility="public")
 
     def __init__(self) -> None:

@@ -62,9 +62,9 @@ class KeyedHead:
     pk = cython.declare(object, visibility="public")
     base = cython.declare(object, visibility="public")
     _index = cython.declare(object, visibility="public")
-    _source_columns = cython.declare(object, visibility="public")
-    batches = cython.declare(object, visibility="public")
-    overlay = cython.declare(object, visibility="public")
+    _source_columns = cython.declare(dict, visibility="public")
+    batches = cython.declare(list, visibility="public")
+    overlay = cython.declare(dict, visibility="public")
 
     def __init__(self, schema: pa.Schema, pk: list[str], base: pa.Table) -> None:
         self.schema = schema
