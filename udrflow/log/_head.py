@@ -26,6 +26,7 @@ HEAD_NAME = "HEAD"
 _MAGIC = b"UDRH"
 _BODY = struct.Struct("<4sIQQQ")  # magic, format, version, segment first version, end offset
 _CRC = struct.Struct("<I")
+_pack_body, _pack_crc = _BODY.pack, _CRC.pack  # (bound once: publish runs every epoch)
 HEAD_BYTES = _BODY.size + 4
 
 
@@ -70,8 +71,8 @@ class HeadWriter:
 
     def publish(self, version: int, segment_first_version: int, end_offset: int) -> None:
         # On the commit path of every epoch: pack directly, no intermediate objects.
-        body = _BODY.pack(_MAGIC, 1, version, segment_first_version, end_offset)
-        self._pwritev(self._fd, [body + _CRC.pack(crc32c(body))], 0)
+        body = _pack_body(_MAGIC, 1, version, segment_first_version, end_offset)
+        self._pwritev(self._fd, [body + _pack_crc(crc32c(body))], 0)
 
     def close(self) -> None:
         self._io.close(self._fd)

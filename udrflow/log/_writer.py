@@ -61,6 +61,15 @@ _OVERHEAD = _frame.FRAME_OVERHEAD_BYTES
 LINGER_S_MIN = 0.00002
 LINGER_S_MAX = 0.001
 _ZERO_BLOCK = bytes(1024 * 1024)
+# Bound once: compiled, a module global is a cached lookup, a module's attribute is not.
+_monotonic = time.monotonic
+_int64_array = array.array
+
+
+@cython.ccall
+def _stamps(timestamp_us: int, count: int) -> array.array:
+    """``count`` copies of one ticket's timestamp, as a segment's index holds them."""
+    return _int64_array("q", [timestamp_us] * count)
 
 
 class Durability:
@@ -513,7 +522,7 @@ class LogWriter:
         self._write_offset = pre.end
         count = len(ticket.bodies)
         self._publish_head(ticket.version_first + count - 1, pre.segment.first_version, pre.end)
-        return [(pre.segment, pre.offsets, array.array("q", [ticket.timestamp_us]) * count, pre.end)]
+        return [(pre.segment, pre.offsets, _stamps(ticket.timestamp_us, count), pre.end)]
 
     @cython.ccall
     @cython.locals(ticket=_Ticket)
@@ -537,7 +546,7 @@ class LogWriter:
         end = pos + len(data)
         self._write_offset = end
         self._publish_head(ticket.version_first + count - 1, segment.first_version, end)
-        return [(segment, offsets, array.array("q", [ticket.timestamp_us]) * count, end)]
+        return [(segment, offsets, _stamps(ticket.timestamp_us, count), end)]
 
     @cython.ccall
     def _write_frames(self, segment: Segment, fd: int, buffers: list[bytes], end: int,
@@ -584,9 +593,9 @@ class LogWriter:
     @cython.ccall
     def _sync(self, segment: Segment, fd: int) -> None:
         try:
-            started = time.monotonic()
+            started = _monotonic()
             self._fdatasync(fd)
-            self._fsync_ema_s += (time.monotonic() - started - self._fsync_ema_s) / 8
+            self._fsync_ema_s += (_monotonic() - started - self._fsync_ema_s) / 8
             self._unsynced_frames = 0
         except OSError as exc:
             raise _EpochFailed(self._poison_error(f"fdatasync of {segment.path} failed", exc), True) from exc
