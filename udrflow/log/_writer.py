@@ -298,7 +298,8 @@ class LogWriter:
     def _enqueue(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None,
                  prewrite: bool = False) -> _Ticket:
         nbytes += _OVERHEAD * len(bodies)
-        with self._lock:
+        self._lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             if self._poisoned is not None or self._closed:
                 self._check_usable()
             if failures_seen is not None and failures_seen != self._failures:
@@ -320,6 +321,8 @@ class LogWriter:
             if prewrite and len(self._pending) == 1 and not self._flushing and self._last_epoch_tickets == 1:
                 ticket.prewrite = _Prewrite()  # the oldest ticket: it will head the next epoch
             return ticket
+        finally:
+            self._lock.release()
 
     @cython.ccall
     @cython.locals(ticket=_Ticket, pre=_Prewrite)
@@ -328,7 +331,8 @@ class LogWriter:
         Skipped if its epoch has begun meanwhile, or if they do not fit in the active
         segment and its zeros written ahead (the epoch then does it all)."""
         pre = ticket.prewrite
-        with self._io_lock:
+        self._io_lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             if not pre.pending:
                 return  # its epoch started first and writes it
             pre.pending = False
@@ -360,13 +364,16 @@ class LogWriter:
                 # Only a hint: the fdatasync decides, and reports any write-back error
                 # (starting one neither waits for it nor consumes it). Stop asking.
                 self._start_writeback = None
+        finally:
+            self._io_lock.release()
 
     @cython.ccall
     @cython.locals(ticket=_Ticket, t=_Ticket)
     def _await(self, ticket: _Ticket) -> None:
         cond = self._cond
         lock = self._lock  # (cond's lock: see __init__)
-        with lock:
+        lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             while not ticket.done:
                 if self._flushing:
                     if ticket.lock is None:
@@ -411,6 +418,8 @@ class LogWriter:
                         break
                 if self._log._cond_waiters:
                     cond.notify_all()  # followers of the log, back-pressured committers, close()
+        finally:
+            lock.release()
         if ticket.error is not None:
             raise ticket.error
 
@@ -449,7 +458,8 @@ class LogWriter:
     @cython.locals(pre=_Prewrite, ticket=_Ticket)
     def _write_epoch(self, batch: list[_Ticket]):
         """Encode, write and (in sync mode) fdatasync one epoch. Runs without the lock."""
-        with self._io_lock:
+        self._io_lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             pre = batch[0].prewrite
             if pre is not None:
                 pre.pending = False  # (if not done yet, it never will be: this epoch writes it)
@@ -513,6 +523,8 @@ class LogWriter:
             self._write_offset = pos
             self._publish_head(batch[-1].version_first + len(batch[-1].bodies) - 1, segment.first_version, pos)
             return updates
+        finally:
+            self._io_lock.release()
 
     @cython.ccall
     @cython.locals(ticket=_Ticket, pre=_Prewrite)
