@@ -17,6 +17,11 @@ from functools import cached_property
 import msgspec
 import pyarrow as pa
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 from udrflow._commit import AddColumn, Changes, Commit, CreateTable, DropTable, value_columns
 from udrflow._pyrows import encodable
 from udrflow._schema import schema_from_bytes, schema_to_bytes
@@ -81,10 +86,17 @@ _snap_encoder = msgspec.msgpack.Encoder()
 _snap_decoder = msgspec.msgpack.Decoder(_CatalogSnap)
 
 
+@cython.cclass
 class _History:
     """One table name's definitions over versions, and the versions that changed its rows."""
 
-    __slots__ = ("versions", "defs", "change_versions", "change_rows_cum", "rows_cum", "rows_base")
+    # An extension type when compiled (see udrflow/_cython_shim.py): fields, not a dict.
+    versions = cython.declare(list, visibility="public")
+    defs = cython.declare(list, visibility="public")
+    change_versions = cython.declare(object, visibility="public")
+    change_rows_cum = cython.declare(object, visibility="public")
+    rows_cum = cython.declare(object, visibility="public")
+    rows_base = cython.declare(object, visibility="public")
 
     def __init__(self) -> None:
         self.versions: list[int] = []           # version at which defs[i] takes effect
@@ -106,7 +118,12 @@ class _History:
         return self.defs[i] if i >= 0 else None
 
 
+@cython.cclass
 class Catalog:
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    _tables = cython.declare(dict, visibility="public")
+    version = cython.declare(object, visibility="public")
+
     def __init__(self) -> None:
         self._tables: dict[str, _History] = {}
         self.version = 0
@@ -137,6 +154,7 @@ class Catalog:
                 hist.defs.append(None)
         self.version = max(self.version, version)
 
+    @cython.locals(hist=_History)
     def add_change(self, name: str, version: int, rows_in: int, rows_out: int) -> None:
         """``apply`` of a commit that only changed rows of table ``name`` (the small commit)."""
         hist = self._tables.get(name)
@@ -200,6 +218,7 @@ class Catalog:
         catalog.version = snap.version
         return catalog
 
+    @cython.locals(hist=_History)
     def get(self, name: str, version: int) -> TableDef | None:
         hist = self._tables.get(name)
         if hist is None:

@@ -2,11 +2,20 @@
 stale compiled copy from shadowing its source.
 
 The modules below are ordinary Python: they run as they are, and ``setup.py`` also compiles
-each one (Cython's pure-Python mode: no type declarations, same behaviour) into an
-extension module next to it, which Python's import system prefers to the ``.py``. That
-takes about a quarter of the interpreter's work off the commit path, the change-stream
-reader and the views' steps (measured with callgrind: 302k instructions per durable
-single-row transaction in source form, 220k compiled).
+each one (Cython's pure-Python mode, same behaviour) into an extension module next to it,
+which Python's import system prefers to the ``.py``. That takes about a quarter of the
+interpreter's work off the commit path, the change-stream reader and the views' steps
+(measured with callgrind: 302k instructions per durable single-row transaction in source
+form, 220k compiled).
+
+The classes on the commit path (the transaction, the table engine, the head state, the
+catalog, the log and its writer) are also declared as extension types (``@cython.cclass``
+with ``cython.declare``-d public fields; ``cython.ccall`` on the methods they call on
+themselves): compiled, ``self.x`` is a field of a C struct rather than a dictionary lookup
+through the class, which took the same transaction from 170k to under 90k instructions.
+Run from source, the declarations do nothing (``udrflow/_cython_shim.py`` stands in for
+Cython there when it is not installed). The one difference compiled: such an object takes
+no attribute that its class does not declare.
 
 An extension module next to a ``.py`` that changed after it was built would silently run
 old code. :func:`install` (run first thing by ``udrflow/__init__.py``) looks for that: a
@@ -28,6 +37,7 @@ import warnings
 # the package), so it must stay a literal.
 COMPILED_MODULES = (
     "_catalog",
+    "_clock",
     "_changefeed",
     "_commit",
     "_database",

@@ -22,11 +22,13 @@ and an Arrow upsert is located and applied with whole-array calls (``locate_arra
 
 from __future__ import annotations
 
-from itertools import repeat
-from operator import call
-
 import numpy as np
 import pyarrow as pa
+
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
 
 from udrflow._ext._intmap import IntMap
 from udrflow._fold import filter_columns, fold_multiset, remove_keys, take_rows
@@ -53,7 +55,17 @@ def keys_table(keys: list, pk: list[str], schema: pa.Schema) -> pa.Table:
                     schema=key_schema)
 
 
+@cython.cclass
 class KeyedHead:
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    schema = cython.declare(object, visibility="public")
+    pk = cython.declare(object, visibility="public")
+    base = cython.declare(object, visibility="public")
+    _index = cython.declare(object, visibility="public")
+    _source_columns = cython.declare(dict, visibility="public")
+    batches = cython.declare(list, visibility="public")
+    overlay = cython.declare(dict, visibility="public")
+
     def __init__(self, schema: pa.Schema, pk: list[str], base: pa.Table) -> None:
         self.schema = schema
         self.pk = pk
@@ -100,7 +112,7 @@ class KeyedHead:
             return table[row]
         hit = self._source_columns.get(src)
         getters = hit[1] if hit is not None and hit[0] is table else self._getters_of(src, table)
-        return tuple(map(call, getters, repeat(row, len(getters))))
+        return tuple([get(row) for get in getters])  # (compiled: a C loop, no map/call/repeat iterators)
 
     def _getters_of(self, src: int, table: pa.Table) -> list:
         """For source ``src`` (``table``: the base or an Arrow batch), one function per column
@@ -208,17 +220,35 @@ class KeyedHead:
 
 
 def _value_getter(column: pa.ChunkedArray):
-    """``i -> column[i].as_py()``. An integer or float32/float64 column without nulls in one
-    chunk reads through a numpy view of its values instead (``ndarray.item`` gives the same
-    Python int or float, without building an Arrow scalar per value)."""
+    """``i -> column[i].as_py()``. A column without nulls in one chunk reads its buffers
+    instead, without building an Arrow scalar per value: an integer or float32/float64
+    column through a memoryview of its values (indexing one gives the same Python int or
+    float as ``as_py()``, and costs less than ``ndarray.item``), a string column by
+    decoding the bytes between two offsets (Arrow strings are valid UTF-8)."""
     array = column.chunk(0) if column.num_chunks == 1 else column
     t = array.type
-    if type(array) is not pa.ChunkedArray and array.null_count == 0 and (
-            pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)):
-        return array.to_numpy(zero_copy_only=True).item
+    if type(array) is not pa.ChunkedArray and array.null_count == 0:
+        if pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t):
+            return memoryview(array.to_numpy(zero_copy_only=True)).__getitem__
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            offsets_buffer, data_buffer = array.buffers()[1:3]
+            if offsets_buffer is not None and data_buffer is not None:
+                return _string_getter(array, offsets_buffer, data_buffer)
 
     def get(i: int):
         return array[i].as_py()
+
+    return get
+
+
+def _string_getter(array: pa.Array, offsets_buffer: pa.Buffer, data_buffer: pa.Buffer):
+    offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
+    offsets = memoryview(np.frombuffer(offsets_buffer, dtype=offset_type, count=len(array) + 1,
+                                       offset=array.offset * np.dtype(offset_type).itemsize))
+    data = memoryview(data_buffer)
+
+    def get(i: int) -> str:
+        return str(data[offsets[i]:offsets[i + 1]], "utf-8")
 
     return get
 
@@ -261,11 +291,16 @@ def key_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.ascontiguousarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+@cython.cclass
 class IntKeyedHead(KeyedHead):
     """``KeyedHead`` for one integer key column: ``_map`` holds every key's packed location
     (base rows and overlay alike; ``_DELETED`` for keys deleted since the base), ``_dead``
     marks base rows replaced or deleted since, and ``_changed`` counts keys written since
     the base (the compaction trigger)."""
+
+    _map = cython.declare(object, visibility="public")
+    _dead = cython.declare(object, visibility="public")
+    _changed = cython.declare(object, visibility="public")
 
     def __init__(self, schema: pa.Schema, pk: list[str], base: pa.Table) -> None:
         super().__init__(schema, pk, base)

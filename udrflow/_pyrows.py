@@ -33,6 +33,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 from udrflow._limits import PY_ROWS_BYTES_MAX, PY_ROWS_MAX
 
 _ABSENT = object()
@@ -69,8 +74,15 @@ def _encodable_type(t: pa.DataType) -> bool:
             or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t))
 
 
+@cython.cclass
 class _Plan:
-    __slots__ = ("schema", "columns", "target", "cols", "known", "check")
+    # An extension type when compiled (see udrflow/_cython_shim.py): fields, not a dict.
+    schema = cython.declare(object, visibility="public")
+    columns = cython.declare(object, visibility="public")
+    target = cython.declare(object, visibility="public")
+    cols = cython.declare(object, visibility="public")
+    known = cython.declare(object, visibility="public")
+    check = cython.declare(object, visibility="public")
 
     def __init__(self, schema: pa.Schema, columns: tuple[str, ...] | None) -> None:
         self.schema = schema
@@ -163,12 +175,17 @@ def encodable(schema: pa.Schema) -> bool:
     return ok
 
 
+@cython.cclass
 class PyRows:
     """Rows checked by :func:`python_rows`: tuples of Python values in ``schema``'s column
     order, equal to what ``to_arrow`` gives for the same input. ``to_table()`` builds (once)
     the Arrow table, for the code paths that need one."""
 
-    __slots__ = ("schema", "rows", "keys", "_table")
+    # An extension type when compiled (see udrflow/_cython_shim.py): fields, not a dict.
+    schema = cython.declare(object, visibility="public")
+    rows = cython.declare(object, visibility="public")
+    keys = cython.declare(object, visibility="public")
+    _table = cython.declare(object, visibility="public")
 
     def __init__(self, schema: pa.Schema, rows: list[tuple]) -> None:
         self.schema = schema
@@ -193,6 +210,8 @@ class PyRows:
         return f"PyRows({len(self.rows)} rows of {self.schema.names})"
 
 
+@cython.ccall
+@cython.locals(rows=PyRows)
 def key_values(rows: PyRows, pk: list[str]) -> list:
     """The key of each of ``rows`` as ``_head.key_list`` spells keys (a value, or a tuple for
     several key columns); computed once per PyRows (the key check, the conflict check and
@@ -200,9 +219,15 @@ def key_values(rows: PyRows, pk: list[str]) -> list:
     cached = rows.keys
     if cached is not None and cached[0] == pk:
         return cached[1]
+    global _last_key_index
     schema = rows.schema
-    hit = _key_indexes.get((id(schema), *pk))
-    idx = hit[1] if hit is not None and hit[0] is schema else _key_index(schema, pk)
+    last = _last_key_index
+    if last[0] is schema and last[1] is pk:  # (callers pass a table's shared, never mutated pk list)
+        idx = last[2]
+    else:
+        hit = _key_indexes.get((id(schema), *pk))
+        idx = hit[1] if hit is not None and hit[0] is schema else _key_index(schema, pk)
+        _last_key_index = (schema, pk, idx)
     if idx is None:
         raise ValueError(f"key columns {pk} are not all among the columns {rows.schema.names}")
     if len(idx) == 1:
@@ -215,6 +240,7 @@ def key_values(rows: PyRows, pk: list[str]) -> list:
 
 
 _key_indexes: dict[tuple, tuple[pa.Schema, list[int] | None]] = {}  # (id(schema), *pk) -> (schema, positions)
+_last_key_index: tuple = (None, None, None)  # key_values' last (schema, pk, positions), by identity
 
 
 def _key_index(schema: pa.Schema, pk: list[str]) -> list[int] | None:
@@ -232,6 +258,7 @@ def _key_index(schema: pa.Schema, pk: list[str]) -> list[int] | None:
     return idx
 
 
+@cython.locals(rows=PyRows)
 def keys_valid(rows: PyRows, pk: list[str]) -> bool:
     """Whether every row has its whole key (no None) and no key occurs twice: what
     ``_schema.check_keys`` accepts, answered without building anything (False: let
@@ -255,6 +282,10 @@ def rows_to_table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+_last_plan: _Plan | None = None  # python_rows' last plan of a whole schema (columns=None)
+
+
+@cython.locals(plan=_Plan)
 def python_rows(data, schema: pa.Schema, columns=None) -> PyRows | None:
     """``data`` (one dict, or a list or tuple of up to PY_ROWS_MAX dicts) as PyRows of
     ``schema`` (or of only ``columns``), or None when the Arrow path must decide."""
@@ -267,29 +298,45 @@ def python_rows(data, schema: pa.Schema, columns=None) -> PyRows | None:
             return None
     else:
         return None
-    plan = _plans.get((id(schema), None)) if columns is None else None  # (_plan's cache, looked up here)
+    global _last_plan
+    plan = None
+    if columns is None:
+        plan = _last_plan  # (the same table's writes follow each other: one identity test)
+        if plan is None or plan.schema is not schema:
+            plan = _plans.get((id(schema), None))  # (_plan's cache, looked up here)
     if plan is None or plan.schema is not schema:
         plan = _plan(schema, columns)
         if plan is None:
             return None
-    out = plan.check(rows)  # (_compile_check: what _check_rows does, for this plan's columns)
+    if columns is None:
+        _last_plan = plan
+    if cython.compiled:
+        out = _check_rows(plan, rows)
+    else:
+        out = plan.check(rows)  # (_compile_check: what _check_rows does, for this plan's columns)
     return None if out is None else PyRows(plan.target, out)
 
 
+@cython.ccall
+@cython.locals(plan=_Plan, out=list, values=list, d=dict, nbytes=cython.Py_ssize_t, found=cython.Py_ssize_t,
+               k=cython.Py_ssize_t, nullable=cython.bint)
 def _check_rows(plan: _Plan, rows) -> list[tuple] | None:
     """The rule of ``python_rows`` as one generic loop over the columns: the reference that
-    ``_compile_check``'s validators are tested against."""
+    ``_compile_check``'s validators are tested against, and, compiled (where its locals are
+    C variables and the dict lookups direct calls), what ``python_rows`` runs: it then costs
+    less than the generated validator, which runs in the interpreter."""
     cols = plan.cols
+    known = plan.known
     out = []
     nbytes = 0
     for r in rows:
         if type(r) is not dict:
             return None
-        get = r.get
+        d = r
         found = 0
         values = []
         for name, k, lo, hi, nullable in cols:
-            v = get(name, _ABSENT)
+            v = d.get(name, _ABSENT)
             if v is _ABSENT:
                 v = None
             else:
@@ -324,8 +371,10 @@ def _check_rows(plan: _Plan, rows) -> list[tuple] | None:
             else:
                 return None  # a value for a column of another type: the Arrow path converts it
             values.append(v)
-        if found != len(r) and any(key not in plan.known for key in r):
-            return None  # an unknown column: the Arrow path names it
+        if found != len(d):
+            for key in d:  # (a loop, not any(...): a generator is a closure, which a ccall cannot hold)
+                if key not in known:
+                    return None  # an unknown column: the Arrow path names it
         out.append(tuple(values))
     if nbytes > PY_ROWS_BYTES_MAX:
         return None

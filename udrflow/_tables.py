@@ -23,6 +23,11 @@ import queue
 import threading
 
 import msgspec
+
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -87,6 +92,7 @@ RECENT_COMMIT_BYTES_MAX = 64 * 1024
 
 # ---- logical operations (what users ask for; resolved at commit) ----------------------
 
+@cython.cclass
 class Op:
     """One logical operation. ``kind``: create_table | add_column | drop_table | insert |
     upsert | delete_keys | delete_rows | retract_rows (delete_rows without checking that
@@ -94,7 +100,13 @@ class Op:
     delete_rows rows, as a pyarrow Table; given PyRows (a few rows of Python values, see
     _pyrows.py), the operation keeps them as ``py`` and builds the Table only if asked."""
 
-    __slots__ = ("kind", "table", "py", "_rows", "schema", "primary_key", "column")
+    kind = cython.declare(object, visibility="public")
+    table = cython.declare(object, visibility="public")
+    py = cython.declare(object, visibility="public")
+    _rows = cython.declare(object, visibility="public")
+    schema = cython.declare(object, visibility="public")
+    primary_key = cython.declare(object, visibility="public")
+    column = cython.declare(object, visibility="public")
 
     def __init__(self, kind: str, table: str, rows: pa.Table | PyRows | None = None, schema: pa.Schema | None = None,
                  primary_key: list[str] | None = None, column: pa.Field | None = None) -> None:
@@ -179,12 +191,18 @@ class SnapshotCache:
                 self._bytes -= old.nbytes
 
 
+@cython.cclass
 class _Written:
     """One commit's effect on the conflict tracker: the keys it wrote, as an Arrow table
     (``keys``) or as Python key values (``py_keys``, with the table's ``schema`` and ``pk``);
     neither: the whole table (no key, or DDL)."""
 
-    __slots__ = ("version", "table", "keys", "py_keys", "schema", "pk")
+    version = cython.declare(object, visibility="public")
+    table = cython.declare(object, visibility="public")
+    keys = cython.declare(object, visibility="public")
+    py_keys = cython.declare(object, visibility="public")
+    schema = cython.declare(object, visibility="public")
+    pk = cython.declare(object, visibility="public")
 
     def __init__(self, version: int, table: tuple[str, int], keys: pa.Table | None, py_keys: list | None = None,
                  schema: pa.Schema | None = None, pk: list[str] | None = None) -> None:
@@ -208,7 +226,40 @@ class _Written:
         return f"_Written(version={self.version}, table={self.table!r}, whole={self.whole})"
 
 
+@cython.cclass
 class TableEngine:
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    log = cython.declare(object, visibility="public")
+    parent = cython.declare(object, visibility="public")
+    fork = cython.declare(object, visibility="public")
+    chunks = cython.declare(object, visibility="public")
+    checkpoints = cython.declare(object, visibility="public")
+    root = cython.declare(object, visibility="public")
+    branch = cython.declare(object, visibility="public")
+    _io = cython.declare(object, visibility="public")
+    _retention_path = cython.declare(object, visibility="public")
+    _retention = cython.declare(object, visibility="public")
+    _maintenance_lock = cython.declare(object, visibility="public")
+    catalog = cython.declare(object, visibility="public")
+    cache = cython.declare(object, visibility="public")
+    recent_commits = cython.declare(dict, visibility="public")
+    _lock = cython.declare(object, visibility="public")
+    _heads = cython.declare(dict, visibility="public")
+    _head_version = cython.declare(object, visibility="public")
+    _failures_seen = cython.declare(object, visibility="public")
+    _recent = cython.declare(object, visibility="public")
+    _active = cython.declare(dict, visibility="public")
+    _generation = cython.declare(object, visibility="public")
+    _catalog_lock = cython.declare(object, visibility="public")
+    _checkpoint_queue = cython.declare(object, visibility="public")
+    _checkpoint_due = cython.declare(dict, visibility="public")
+    _checkpoint_pending = cython.declare(dict, visibility="public")
+    _checkpoint_thread = cython.declare(object, visibility="public")
+    checkpoint_error = cython.declare(object, visibility="public")
+    # Set by udrflow._database (Database._view_names): the views' names and what they were read for.
+    _view_names_cache = cython.declare(object, visibility="public")
+    __weakref__ = cython.declare(object)  # (udrflow._sql keeps caches by engine, weakly)
+
     def __init__(self, log: EpochLog, chunks: ChunkStore, checkpoints: CheckpointStore, *,
                  root: str, branch: str, io: FileIO, parent: TableEngine | None = None, fork: int = 0) -> None:
         self.log = log
@@ -436,15 +487,19 @@ class TableEngine:
 
     def begin(self) -> tuple[int, int]:
         """Register a transaction; returns (snapshot version, generation)."""
-        with self._lock:
+        self._lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             v = self.log.version
             self._active[v] = self._active.get(v, 0) + 1
             return v, self._generation
+        finally:
+            self._lock.release()
 
     def end(self, begin: int) -> None:
         with self._lock:
             self._end_locked(begin)
 
+    @cython.ccall
     def _end_locked(self, begin: int) -> None:
         active = self._active
         n = active[begin] - 1
@@ -460,6 +515,7 @@ class TableEngine:
             while recent and recent[0].version <= floor:
                 recent.popleft()
 
+    @cython.ccall
     def _prune_recent(self) -> None:
         # A transaction that begins now begins at the visible version, which may be below
         # commits still queued for their fsync: the conflict check must keep those.
@@ -470,6 +526,7 @@ class TableEngine:
         while recent and recent[0].version <= floor:
             recent.popleft()
 
+    @cython.locals(op=Op)
     def commit(self, ops: list[Op], *, begin: int | None = None, generation: int | None = None,
                read_tables: set[str] | None = None, meta: dict | None = None, end: bool = False) -> int | None:
         """Resolve, validate and queue ``ops`` as one commit; return its version once durable,
@@ -479,7 +536,8 @@ class TableEngine:
         newest state and cannot conflict. ``end=True``: the transaction that began at
         ``begin`` ends here whatever happens (as ``end(begin)`` would), in the same hold of
         the lock that checks its conflicts (one lock round trip less per transaction)."""
-        with self._lock:
+        self._lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             try:
                 if not ops:
                     raise UsageError("a commit needs at least one operation")
@@ -500,6 +558,8 @@ class TableEngine:
                     self._end_locked(begin)  # (prunes the conflict tracker too)
             if queued is not None and not end:
                 self._prune_recent()
+        finally:
+            self._lock.release()
         if queued is None:
             return None
         pending, resolved, adoptions = queued
@@ -538,6 +598,8 @@ class TableEngine:
             written = [w for w in written if w.table[0] in changed]  # ops that changed nothing wrote nothing
         return self._queue_resolved(resolved, effects, written, meta)
 
+    @cython.ccall
+    @cython.locals(op=Op, written=_Written)
     def _queue_python(self, op: Op, begin: int | None, read_tables: set[str] | None, meta: dict | None):
         """``_queue`` of one write of Python rows (the small commit), in one pass: one
         catalog lookup, no grouping, the head state updated in place. ``_NOT_HERE`` when
@@ -593,8 +655,11 @@ class TableEngine:
         pending = self.log.submit(body, failures_seen=self._failures_seen, start=True)
         version = pending.version
         self._remember(version, commit, len(body))
-        with self._catalog_lock:
+        self._catalog_lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             self.catalog.add_change(name, version, changes.rows_in, changes.rows_out)
+        finally:
+            self._catalog_lock.release()
         written.version = version
         self._recent.append(written)
         head.apply_rows(plus_rows, keys, dead)  # (_apply_heads: the head resolved against is the table's)
@@ -638,6 +703,7 @@ class TableEngine:
         self._head_version = version
         return pending, resolved, adoptions
 
+    @cython.ccall
     def _remember(self, version: int, commit: Commit, nbytes: int) -> None:
         recent = self.recent_commits
         if nbytes <= RECENT_COMMIT_BYTES_MAX:
@@ -749,6 +815,7 @@ class TableEngine:
             raise TableNotFoundError(f"table {name!r} does not exist (tables: {known})")
         return tdef
 
+    @cython.ccall
     def _head(self, tdef: TableDef):
         key = (tdef.name, tdef.created)
         head = self._heads.get(key)
@@ -1164,6 +1231,7 @@ class TableEngine:
 
     # ---- checkpoints -----------------------------------------------------------------
 
+    @cython.ccall
     def _maybe_checkpoint(self, resolved: list, version: int) -> list[threading.Event]:
         """Schedule the checkpoints that ``resolved`` (the commit at ``version``) makes due.
         Returns the checkpoints the committer must wait for before it returns (its table's

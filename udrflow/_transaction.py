@@ -24,15 +24,35 @@ import time
 
 import pyarrow as pa
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 from udrflow._fold import fold_keyed, fold_multiset
 from udrflow._predicate import filter_where
 from udrflow._tables import Op, TableEngine
 from udrflow.errors import InvalidOptionError, TransactionConflictError, UsageError
 
 ISOLATION_LEVELS = ("snapshot", "serializable")
+_new_lock = threading.Lock  # (bound once: compiled, a module global is a cached lookup, a module's attribute is not)
 
 
+@cython.cclass
 class Transaction:
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    _db = cython.declare(object, visibility="public")
+    _engine = cython.declare(object, visibility="public")
+    isolation = cython.declare(object, visibility="public")
+    begin_version = cython.declare(object, visibility="public")
+    _generation = cython.declare(object, visibility="public")
+    _ops = cython.declare(object, visibility="public")
+    _read_tables = cython.declare(object, visibility="public")
+    _state = cython.declare(object, visibility="public")
+    version = cython.declare(object, visibility="public")
+    meta = cython.declare(object, visibility="public")
+    _lock = cython.declare(object, visibility="public")
+
     def __init__(self, db, engine: TableEngine, isolation: str = "snapshot") -> None:
         if isolation not in ISOLATION_LEVELS:
             raise InvalidOptionError(f"isolation must be one of {ISOLATION_LEVELS}: got {isolation!r}")
@@ -47,10 +67,11 @@ class Transaction:
         # Recorded in the commit (e.g. the input version a view's result reflects, or the
         # Kafka offsets ingested): a dict of msgpack-encodable values.
         self.meta: dict = {}
-        self._lock = threading.Lock()
+        self._lock = _new_lock()
 
     # ---- writes (buffered) -----------------------------------------------------------
 
+    @cython.ccall
     def _check_open(self) -> None:
         if self._state != "open":
             raise UsageError(f"this transaction is {self._state}: start a new one")
@@ -130,9 +151,11 @@ class Transaction:
 
     # ---- end -------------------------------------------------------------------------
 
+    @cython.ccall
     def commit(self) -> int | None:
         """Commit atomically; return the version (None if nothing was written)."""
-        with self._lock:
+        self._lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             if self._state != "open":
                 self._check_open()
             if not self._ops:
@@ -150,7 +173,10 @@ class Transaction:
                 raise
             self._state = "committed"
             return self.version
+        finally:
+            self._lock.release()
 
+    @cython.ccall
     def rollback(self) -> None:
         with self._lock:
             if self._state == "open":

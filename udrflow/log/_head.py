@@ -13,6 +13,11 @@ import os
 import struct
 from dataclasses import dataclass
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 from udrflow._ext._crc32c import crc32c
 from udrflow._ext._fastio import pwrite_all
 from udrflow._fileio import FileIO
@@ -21,6 +26,7 @@ HEAD_NAME = "HEAD"
 _MAGIC = b"UDRH"
 _BODY = struct.Struct("<4sIQQQ")  # magic, format, version, segment first version, end offset
 _CRC = struct.Struct("<I")
+_pack_body, _pack_crc = _BODY.pack, _CRC.pack  # (bound once: publish runs every epoch)
 HEAD_BYTES = _BODY.size + 4
 
 
@@ -48,7 +54,14 @@ def decode_head(data: bytes) -> Head | None:
     return Head(version, seg, end)
 
 
+@cython.cclass
 class HeadWriter:
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    _io = cython.declare(object, visibility="public")
+    _pwritev = cython.declare(object, visibility="public")
+    path = cython.declare(object, visibility="public")
+    _fd = cython.declare(object, visibility="public")
+
     def __init__(self, io: FileIO, directory: str) -> None:
         self._io = io
         # FileIO.pwritev of bytes is pwrite_all; a subclass (faults) keeps its own.
@@ -58,8 +71,8 @@ class HeadWriter:
 
     def publish(self, version: int, segment_first_version: int, end_offset: int) -> None:
         # On the commit path of every epoch: pack directly, no intermediate objects.
-        body = _BODY.pack(_MAGIC, 1, version, segment_first_version, end_offset)
-        self._pwritev(self._fd, [body + _CRC.pack(crc32c(body))], 0)
+        body = _pack_body(_MAGIC, 1, version, segment_first_version, end_offset)
+        self._pwritev(self._fd, [body + _pack_crc(crc32c(body))], 0)
 
     def close(self) -> None:
         self._io.close(self._fd)

@@ -51,13 +51,22 @@ from udrflow.log._segment import (
 from udrflow.log._watch import HeadWatcher
 from udrflow.log._writer import Durability, LogWriter, check_durability
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 _STOP_WAIT_SLICE_S = 0.05  # how often a follower with a stop event looks at it
 
 
+@cython.cclass
 class PendingCommit:
     """A queued commit: its ``version`` is fixed; ``wait()`` returns it once durable."""
 
-    __slots__ = ("_writer", "_ticket", "version")
+    # An extension type when compiled (see udrflow/_cython_shim.py): fields, not a dict.
+    _writer = cython.declare(object, visibility="public")
+    _ticket = cython.declare(object, visibility="public")
+    version = cython.declare(object, visibility="public")
 
     def __init__(self, writer: LogWriter, ticket) -> None:
         self._writer = writer
@@ -68,6 +77,7 @@ class PendingCommit:
         return self._writer.wait(self._ticket)
 
 
+@cython.cclass
 class EpochLog:
     """One log directory. Open it with :meth:`EpochLog.open`.
 
@@ -79,6 +89,20 @@ class EpochLog:
     [b'a', b'b']
     >>> log.close()
     """
+
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    directory = cython.declare(object, visibility="public")
+    readonly = cython.declare(object, visibility="public")
+    recovery = cython.declare(object, visibility="public")
+    _segments = cython.declare(object, visibility="public")
+    _lock = cython.declare(object, visibility="public")
+    _cond = cython.declare(object, visibility="public")
+    _cond_waiters = cython.declare(object, visibility="public")
+    _visible_version = cython.declare(object, visibility="public")
+    _closed = cython.declare(cython.bint, visibility="public")
+    _writer = cython.declare(object, visibility="public")
+    _refresh_lock = cython.declare(object, visibility="public")
+    _watcher = cython.declare(object, visibility="public")
 
     def __init__(self, directory: str, recovered: Recovered, readonly: bool) -> None:
         self.directory = directory

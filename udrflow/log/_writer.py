@@ -37,6 +37,11 @@ import threading
 import time
 from collections import deque
 
+try:
+    import cython
+except ImportError:  # running from source without Cython: see udrflow/_cython_shim.py
+    from udrflow import _cython_shim as cython
+
 from udrflow._clock import Clock
 from udrflow._ext import _frame
 from udrflow._ext._fastio import HAVE_START_WRITEBACK, pwrite_all, start_writeback
@@ -56,6 +61,15 @@ _OVERHEAD = _frame.FRAME_OVERHEAD_BYTES
 LINGER_S_MIN = 0.00002
 LINGER_S_MAX = 0.001
 _ZERO_BLOCK = bytes(1024 * 1024)
+# Bound once: compiled, a module global is a cached lookup, a module's attribute is not.
+_monotonic = time.monotonic
+_int64_array = array.array
+
+
+@cython.ccall
+def _stamps(timestamp_us: int, count: int) -> array.array:
+    """``count`` copies of one ticket's timestamp, as a segment's index holds them."""
+    return _int64_array("q", [timestamp_us] * count)
 
 
 class Durability:
@@ -76,6 +90,7 @@ class Durability:
     ALL = (SYNC, INTERVAL, NONE)
 
 
+@cython.cclass
 class _Ticket:
     """One queued append. Its committing thread sleeps on its own lock, so finishing an
     epoch wakes exactly the threads it concerns (its committers and the next leader),
@@ -83,8 +98,16 @@ class _Ticket:
     the epoch's write. The lock is made only when the thread first has to sleep: a lone
     committer leads its own epoch and never does."""
 
-    __slots__ = ("bodies", "version_first", "timestamp_us", "nbytes", "done", "error", "lock", "sleeping",
-                 "prewrite")
+    # An extension type when compiled (see udrflow/_cython_shim.py): fields, not a dict.
+    bodies = cython.declare(object, visibility="public")
+    version_first = cython.declare(object, visibility="public")
+    timestamp_us = cython.declare(object, visibility="public")
+    nbytes = cython.declare(object, visibility="public")
+    done = cython.declare(cython.bint, visibility="public")
+    error = cython.declare(object, visibility="public")
+    lock = cython.declare(object, visibility="public")
+    sleeping = cython.declare(cython.bint, visibility="public")
+    prewrite = cython.declare(object, visibility="public")
 
     def __init__(self, bodies: list[bytes], version_first: int, timestamp_us: int, nbytes: int) -> None:
         self.bodies = bodies
@@ -97,6 +120,7 @@ class _Ticket:
         self.sleeping = False
         self.prewrite: _Prewrite | None = None  # see submit(start=True)
 
+    @cython.ccall
     def wake(self) -> None:
         """Called with the writer's lock held."""
         if self.sleeping:
@@ -104,12 +128,17 @@ class _Ticket:
             self.lock.release()
 
 
+@cython.cclass
 class _Prewrite:
     """A ticket's frames written ahead of its epoch (see ``submit(start=True)``): where,
     and the failure if the write failed (the epoch then fails with it). ``pending``: asked
     for, not yet done (the ticket's epoch may start first and then writes it itself)."""
 
-    __slots__ = ("pending", "segment", "offsets", "end", "failure")
+    pending = cython.declare(cython.bint, visibility="public")
+    segment = cython.declare(object, visibility="public")
+    offsets = cython.declare(object, visibility="public")
+    end = cython.declare(object, visibility="public")
+    failure = cython.declare(object, visibility="public")
 
     def __init__(self) -> None:
         self.pending = True
@@ -128,8 +157,45 @@ class _EpochFailed(Exception):
         self.poison = poison
 
 
+@cython.cclass
 class LogWriter:
     """Appends commits to the newest segment of a log directory. Owned by an EpochLog."""
+
+    # An extension type when compiled (see udrflow/_cython_shim.py): ``self._x`` is a field.
+    _log = cython.declare(object, visibility="public")
+    _io = cython.declare(object, visibility="public")
+    _pwritev = cython.declare(object, visibility="public")
+    _fdatasync = cython.declare(object, visibility="public")
+    _start_writeback = cython.declare(object, visibility="public")
+    _cond = cython.declare(object, visibility="public")
+    _lock = cython.declare(object, visibility="public")
+    _durability = cython.declare(object, visibility="public")
+    _segment_size_bytes = cython.declare(object, visibility="public")
+    _clock = cython.declare(object, visibility="public")
+    _pending = cython.declare(object, visibility="public")
+    _pending_bytes = cython.declare(object, visibility="public")
+    _next_version = cython.declare(object, visibility="public")
+    _last_timestamp_us = cython.declare(object, visibility="public")
+    _flushing = cython.declare(cython.bint, visibility="public")
+    _closed = cython.declare(cython.bint, visibility="public")
+    _arrivals = cython.declare(object, visibility="public")
+    _lingering = cython.declare(cython.bint, visibility="public")
+    _last_epoch_tickets = cython.declare(object, visibility="public")
+    _fsync_ema_s = cython.declare(object, visibility="public")
+    _poisoned = cython.declare(object, visibility="public")
+    _failures = cython.declare(object, visibility="public")
+    _last_failure = cython.declare(object, visibility="public")
+    _io_lock = cython.declare(object, visibility="public")
+    _segment = cython.declare(object, visibility="public")
+    _write_offset = cython.declare(object, visibility="public")
+    _fd = cython.declare(object, visibility="public")
+    _prealloc_end = cython.declare(object, visibility="public")
+    _unsynced = cython.declare(cython.bint, visibility="public")
+    _unsynced_frames = cython.declare(object, visibility="public")
+    _head = cython.declare(object, visibility="public")
+    _head_ok = cython.declare(cython.bint, visibility="public")
+    _syncer_stop = cython.declare(object, visibility="public")
+    _syncer = cython.declare(object, visibility="public")
 
     def __init__(self, log, io: FileIO, durability: str, fsync_interval_ms: int,
                  segment_size_bytes: int, clock: Clock) -> None:
@@ -149,6 +215,9 @@ class LogWriter:
             self._start_writeback = (start_writeback if HAVE_START_WRITEBACK else None) if real \
                 else getattr(io, "start_writeback", None)
         self._cond: threading.Condition = log._cond
+        # The condition's lock, taken directly on the commit path: ``with`` on a Condition
+        # runs its __enter__/__exit__ as Python frames, the lock's are C.
+        self._lock = log._lock
         self._durability = durability
         self._segment_size_bytes = segment_size_bytes
         self._clock = clock
@@ -218,15 +287,19 @@ class LogWriter:
         """How many epochs have failed since open; each failure discards every queued commit."""
         return self._failures
 
+    @cython.locals(ticket=_Ticket)
     def wait(self, ticket: _Ticket) -> int:
         """Block until a submitted ticket is acknowledged; raise its error if it failed."""
         self._await(ticket)
         return ticket.version_first
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket)
     def _enqueue(self, bodies: list[bytes], nbytes: int, failures_seen: int | None = None,
                  prewrite: bool = False) -> _Ticket:
         nbytes += _OVERHEAD * len(bodies)
-        with self._cond:
+        self._lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             if self._poisoned is not None or self._closed:
                 self._check_usable()
             if failures_seen is not None and failures_seen != self._failures:
@@ -248,13 +321,18 @@ class LogWriter:
             if prewrite and len(self._pending) == 1 and not self._flushing and self._last_epoch_tickets == 1:
                 ticket.prewrite = _Prewrite()  # the oldest ticket: it will head the next epoch
             return ticket
+        finally:
+            self._lock.release()
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket, pre=_Prewrite)
     def _prewrite(self, ticket: _Ticket) -> None:
         """Write ``ticket``'s frames where its epoch will start, and start their write-back.
         Skipped if its epoch has begun meanwhile, or if they do not fit in the active
         segment and its zeros written ahead (the epoch then does it all)."""
         pre = ticket.prewrite
-        with self._io_lock:
+        self._io_lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             if not pre.pending:
                 return  # its epoch started first and writes it
             pre.pending = False
@@ -286,27 +364,33 @@ class LogWriter:
                 # Only a hint: the fdatasync decides, and reports any write-back error
                 # (starting one neither waits for it nor consumes it). Stop asking.
                 self._start_writeback = None
+        finally:
+            self._io_lock.release()
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket, t=_Ticket)
     def _await(self, ticket: _Ticket) -> None:
         cond = self._cond
-        with cond:
+        lock = self._lock  # (cond's lock: see __init__)
+        lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             while not ticket.done:
                 if self._flushing:
                     if ticket.lock is None:
                         ticket.lock = threading.Lock()
                         ticket.lock.acquire()  # released by ticket.wake(), re-taken by our acquire below
                     ticket.sleeping = True
-                    cond.release()
+                    lock.release()
                     try:
                         ticket.lock.acquire()  # until ticket.wake(): done, or lead the next epoch
                     finally:
-                        cond.acquire()
+                        lock.acquire()
                     continue
                 self._flushing = True
                 if self._last_epoch_tickets > 1:
                     self._linger()
                 batch = self._take_epoch()
-                cond.release()
+                lock.release()
                 failure: _EpochFailed | None = None
                 result = None
                 try:
@@ -319,7 +403,7 @@ class LogWriter:
                     err.__cause__ = exc
                     failure = _EpochFailed(err, poison=True)
                 finally:
-                    cond.acquire()
+                    lock.acquire()
                     self._flushing = False
                 if failure is None:
                     self._complete(batch, result)
@@ -334,9 +418,12 @@ class LogWriter:
                         break
                 if self._log._cond_waiters:
                     cond.notify_all()  # followers of the log, back-pressured committers, close()
+        finally:
+            lock.release()
         if ticket.error is not None:
             raise ticket.error
 
+    @cython.ccall
     def _linger(self) -> None:
         """As the new leader (lock held): if the previous epoch showed concurrency, wait up
         to half an fdatasync for as many commits as it held. Never with a single committer."""
@@ -354,6 +441,8 @@ class LogWriter:
         finally:
             self._lingering = False
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket)
     def _take_epoch(self) -> list[_Ticket]:
         batch = [self._pending.popleft()]
         size = batch[0].nbytes
@@ -365,9 +454,12 @@ class LogWriter:
         self._last_epoch_tickets = len(batch)
         return batch
 
+    @cython.ccall
+    @cython.locals(pre=_Prewrite, ticket=_Ticket)
     def _write_epoch(self, batch: list[_Ticket]):
         """Encode, write and (in sync mode) fdatasync one epoch. Runs without the lock."""
-        with self._io_lock:
+        self._io_lock.acquire()  # (not ``with``: compiled, that costs two bound methods)
+        try:
             pre = batch[0].prewrite
             if pre is not None:
                 pre.pending = False  # (if not done yet, it never will be: this epoch writes it)
@@ -431,15 +523,21 @@ class LogWriter:
             self._write_offset = pos
             self._publish_head(batch[-1].version_first + len(batch[-1].bodies) - 1, segment.first_version, pos)
             return updates
+        finally:
+            self._io_lock.release()
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket, pre=_Prewrite)
     def _finish_prewritten(self, ticket: _Ticket, pre: _Prewrite):
         """``_write_epoch`` of an epoch of one pre-written ticket: only the fdatasync is left."""
         self._sync(pre.segment, self._fd)
         self._write_offset = pre.end
         count = len(ticket.bodies)
         self._publish_head(ticket.version_first + count - 1, pre.segment.first_version, pre.end)
-        return [(pre.segment, pre.offsets, array.array("q", [ticket.timestamp_us]) * count, pre.end)]
+        return [(pre.segment, pre.offsets, _stamps(ticket.timestamp_us, count), pre.end)]
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket)
     def _write_one(self, ticket: _Ticket):
         """``_write_epoch`` of an epoch of one ticket whose frames fit in the active segment
         and its zeros written ahead: the lone committer's case, with nothing to roll, fill or
@@ -460,8 +558,9 @@ class LogWriter:
         end = pos + len(data)
         self._write_offset = end
         self._publish_head(ticket.version_first + count - 1, segment.first_version, end)
-        return [(segment, offsets, array.array("q", [ticket.timestamp_us]) * count, end)]
+        return [(segment, offsets, _stamps(ticket.timestamp_us, count), end)]
 
+    @cython.ccall
     def _write_frames(self, segment: Segment, fd: int, buffers: list[bytes], end: int,
                       epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
         """Write ``buffers`` so they end at ``end``, first zero-filling ahead if needed."""
@@ -485,6 +584,7 @@ class LogWriter:
                                    True) from exc
             self._prealloc_end = end
 
+    @cython.ccall
     def _write(self, segment: Segment, fd: int, buffers: list[bytes], offset: int,
                epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
         try:
@@ -502,11 +602,12 @@ class LogWriter:
             self._prealloc_end = epoch_start
             raise _EpochFailed(error, poison=False) from exc
 
+    @cython.ccall
     def _sync(self, segment: Segment, fd: int) -> None:
         try:
-            started = time.monotonic()
+            started = _monotonic()
             self._fdatasync(fd)
-            self._fsync_ema_s += (time.monotonic() - started - self._fsync_ema_s) / 8
+            self._fsync_ema_s += (_monotonic() - started - self._fsync_ema_s) / 8
             self._unsynced_frames = 0
         except OSError as exc:
             raise _EpochFailed(self._poison_error(f"fdatasync of {segment.path} failed", exc), True) from exc
@@ -535,6 +636,7 @@ class LogWriter:
         err.__cause__ = exc
         return err
 
+    @cython.ccall
     def _publish_head(self, version: int, segment_first_version: int, end_offset: int) -> None:
         # HEAD is a hint for readers in other processes; the commits are already durable,
         # so a failure here must not fail them. Readers without HEAD scan to end of file.
@@ -545,6 +647,8 @@ class LogWriter:
         except OSError:
             self._head_ok = False
 
+    @cython.ccall
+    @cython.locals(ticket=_Ticket, last=_Ticket)
     def _complete(self, batch: list[_Ticket], updates) -> None:
         """Index the epoch's frames and make its commits visible. Holds the lock."""
         log = self._log
@@ -558,8 +662,11 @@ class LogWriter:
             segment.end_offset = end
         last = batch[-1]
         visible = last.version_first + len(last.bodies) - 1
-        if visible != log._segments[-1].last_version:  # (not require(): its message would be built every epoch)
-            require(False, f"index ends at {log._segments[-1].last_version}, epoch ends at {visible}")
+        tail = log._segments[-1]
+        # (Segment.last_version, inlined: a property of a Python class is a Python frame.
+        # Not require(): its message would be built every epoch.)
+        if visible != tail.first_version + len(tail.offsets) - 1:
+            require(False, f"index ends at {tail.last_version}, epoch ends at {visible}")
         log._visible_version = visible
         for ticket in batch:
             ticket.done = True
@@ -588,6 +695,7 @@ class LogWriter:
         err.__cause__ = error.__cause__
         return err
 
+    @cython.ccall
     def _check_usable(self) -> None:
         if self._poisoned is not None:
             raise self._copy_error(self._poisoned)
