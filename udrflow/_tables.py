@@ -76,7 +76,8 @@ SNAPSHOT_CACHE_BYTES_MAX = 1024 * 1024 * 1024
 # Checkpoint when the log tail since the last checkpoint has changed twice as many rows as
 # the table holds (an update counts once), or has this many commits. A checkpoint of widely
 # spread changes is a full copy, so a generous ratio keeps storage close to what changed;
-# a read then replays at most ~2x the table's rows of changes, or 1024 commits.
+# a read then replays at most ~2x the table's rows of changes, or ~512 commits (the commit
+# trigger times the back-pressure factor below).
 CHECKPOINT_TAIL_RATIO = 2.0
 CHECKPOINT_TAIL_ROWS_MIN = 4096   # ... but never for fewer changed rows than this
 CHECKPOINT_TAIL_COMMITS_MAX = 256   # ... or when this many commits changed it since (cheap: see deltas)
