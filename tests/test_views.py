@@ -963,3 +963,46 @@ def test_join_side_rows_as_python_equal_its_table_and_survive_a_snapshot(monkeyp
     assert [restored.row(p, names) for p in (2, 0, 1)] == [expected[2], expected[0], expected[1]]
     side.add(pa.table({"k": [4], "cat": ["d"], _plan.W: pa.array([1], pa.int64())}))  # a change drops the caches
     assert side.row(3, names) == (4, "d", 1)
+
+
+def test_small_deltas_cross_a_view_as_python_and_equal_the_arrow_steps():
+    """A few changed rows cross a join and a group-by as Python values (``SmallDelta``):
+    the view's output change is one too, and equals what the same steps make of the Arrow
+    form of the same change; a join side that kept small deltas snapshots them as Arrow."""
+    import pickle
+
+    from udrflow._changefeed import plain_values
+    from udrflow.views import _plan as P
+
+    f = P.Source("f", pa.schema([("id", pa.int64()), ("k", pa.int64()), ("v", pa.int64())]))
+    dim = P.Source("dim", pa.schema([("k", pa.int64()), ("cat", pa.string())]))
+    for how in ("inner", "left"):
+        view = f.join(dim, on="k", how=how).group_by("cat").agg(total=P.sum_("v"), n=P.count())
+        P.number_nodes(view)
+        w = pa.field(P.W, pa.int64())
+        load = {"f": pa.table({"id": [1, 2, 3], "k": [1, 2, 9], "v": [10, 20, 30], P.W: pa.array([1, 1, 1], pa.int64())}),
+                "dim": pa.table({"k": [1, 2, 3], "cat": ["a", "b", "c"], P.W: pa.array([1, 1, 1], pa.int64())})}
+        small_state, arrow_state = {}, {}
+        for state in (small_state, arrow_state):
+            P.step_view(view, state, load)
+        schema = f.schema.append(w)
+        changes = [({"id": [1, 1], "k": [1, 3], "v": [10, 11], P.W: [-1, 1]}, 2),  # moves from cat a to c
+                   ({"id": [4], "k": [2], "v": [5], P.W: [1]}, 1),
+                   ({"id": [2], "k": [2], "v": [20], P.W: [-1]}, 1)]
+        for columns, n in changes:
+            small = P.SmallDelta(schema, columns, n)
+            got = P.step_view(view, small_state, {"f": small}, small_ok=True)
+            expected = P.step_view(view, arrow_state, {"f": pa.table(columns, schema=schema)})
+            assert type(got) is P.SmallDelta, how
+            assert got.table().sort_by("cat").equals(expected.sort_by("cat")), how
+        left_node = view.children[0]
+        assert any(type(c) is P.SmallDelta for c in small_state[left_node.nid][0].chunks)
+        restored = pickle.loads(pickle.dumps(small_state[left_node.nid]))
+        assert all(isinstance(c, pa.Table) for c in restored[0].chunks)
+        assert restored[0].table().sort_by("id").equals(arrow_state[left_node.nid][0].table().sort_by("id"))
+    # A commit's values become a small delta only when Arrow would take them as they are.
+    assert plain_values([[1, None], ["x"], [1.5], [True]], [pa.int64(), pa.string(), pa.float64(), pa.bool_()])
+    assert not plain_values([[1]], [pa.float64()])          # an int where Arrow makes a float
+    assert not plain_values([[True]], [pa.int64()])
+    assert not plain_values([[1]], [pa.timestamp("us")])    # not a plain type: the Arrow path
+    assert P.concat_deltas([P.SmallDelta(schema, {"id": [1], "k": [1], "v": [1], P.W: [1]}, 1)] * 2).num_rows == 2

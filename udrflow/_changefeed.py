@@ -234,33 +234,58 @@ def py_array(values: list, type: pa.DataType) -> pa.Array:
     return pa.array(values, type)
 
 
-def _value_arrays(changes: Changes, schema: pa.Schema, fields, at, old_at, lists: list | None = None) -> list[pa.Array]:
-    """One Arrow array per field of ``fields`` (``at``/``old_at``: each field's value lists),
-    rows in change-batch order: old rows of updates, deleted rows, new rows of updates, inserts.
-    ``lists``, if given, receives each array's values as a Python list."""
+def _value_lists(changes: Changes, at, old_at) -> list[list]:
+    """One list of values per field (``at``/``old_at``: the indexes of each field's values
+    and old values in ``changes.values``, None for a column the commit does not name: nulls,
+    as ``conform`` fills), rows in change-batch order: old rows of updates, deleted rows,
+    new rows of updates, inserts."""
     u, i, d = changes.updates, changes.inserts, changes.deletes
     values = changes.values
-    arrays = []
+    lists = []
+    for k, k_old in zip(at, old_at, strict=True):
+        if k is None:
+            lists.append([None] * (2 * u + i + d))
+            continue
+        vals = values[k]
+        if u:
+            old = vals[:u] if k_old is None else values[k_old]
+            lists.append(old + vals[u + i:] + vals[:u + i] if d else old + vals)
+        else:
+            lists.append(vals[i:] + vals[:i] if d and i else vals)
+    return lists
+
+
+def _value_arrays(changes: Changes, schema: pa.Schema, fields, at, old_at, lists: list | None = None) -> list[pa.Array]:
+    """One Arrow array per field of ``fields``, of ``_value_lists``. ``lists``, if given,
+    receives each array's values as a Python list."""
+    computed = _value_lists(changes, at, old_at)
     try:
-        for field, k, k_old in zip(fields, at, old_at, strict=True):
-            if k is None:  # a column the commit does not name (conform's rule: nulls)
-                arrays.append(pa.nulls(2 * u + i + d, field.type))
-                if lists is not None:
-                    lists.append([None] * (2 * u + i + d))
-                continue
-            vals = values[k]
-            if u:
-                old = vals[:u] if k_old is None else values[k_old]
-                out = old + vals[u + i:] + vals[:u + i] if d else old + vals
-            else:
-                out = vals[i:] + vals[:i] if d and i else vals
-            arrays.append(py_array(out, field.type))
-            if lists is not None:
-                lists.append(out)
+        arrays = [pa.nulls(len(values), field.type) if k is None else py_array(values, field.type)
+                  for field, values, k in zip(fields, computed, at, strict=True)]
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise CorruptionError(f"changes to table {changes.table!r} hold values that are not of the types of "
                               f"{schema}: {exc}") from exc
+    if lists is not None:
+        lists.extend(computed)
     return arrays
+
+
+_PLAIN_CLASSES = {pa.int64().id: int, pa.float64().id: float, pa.string().id: str, pa.large_string().id: str,
+                  pa.bool_().id: bool}
+
+
+def plain_values(lists: list[list], types: list[pa.DataType]) -> bool:
+    """Whether each of ``lists`` holds only values of the Python class of its Arrow type
+    (int64, float64, strings, bool) or None: values Arrow takes as they are, so that reading
+    them from the lists is reading the Arrow array ``py_array`` would build of them."""
+    for values, t in zip(lists, types, strict=True):
+        cls = _PLAIN_CLASSES.get(t.id)
+        if cls is None:
+            return False
+        for v in values:
+            if v.__class__ is not cls and v is not None:
+                return False
+    return True
 
 
 # ---- reading commits as change batches -------------------------------------------------
@@ -458,6 +483,21 @@ def change_delta(raw: RawChange, schema: pa.Schema, out_schema: pa.Schema) -> tu
     Built straight from the msgpack values of a small commit (one ``pa.array`` per column,
     a shared weight array); None for the Arrow form or when the types differ: then the
     caller converts ``raw.change_rows()``."""
+    lists = change_lists(raw, schema, out_schema)
+    if lists is None:
+        return None
+    op = raw.op
+    try:
+        arrays = [py_array(values, field.type) for field, values in zip(schema, lists[:-1], strict=True)]
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+        raise CorruptionError(f"changes to table {op.table!r} hold values that are not of the types of "
+                              f"{raw.schema}: {exc}") from exc
+    arrays.append(_w64_for(op.updates, op.inserts, op.deletes))
+    return pa.Table.from_arrays(arrays, schema=out_schema), lists
+
+
+def change_lists(raw: RawChange, schema: pa.Schema, out_schema: pa.Schema) -> list[list] | None:
+    """``change_delta``'s Python lists alone (the weights last), with no Arrow built."""
     op = raw.op
     if not op.columns:
         return None
@@ -465,12 +505,10 @@ def change_delta(raw: RawChange, schema: pa.Schema, out_schema: pa.Schema) -> tu
     plan = _delta_plan(op.columns, raw.schema, schema, out_schema)
     if plan is None:
         return None
-    lists: list[list] = []
-    arrays = _value_arrays(op, raw.schema, schema, plan[0], plan[1], lists)
+    lists = _value_lists(op, plan[0], plan[1])
     u, i, d = op.updates, op.inserts, op.deletes
-    arrays.append(_w64_for(u, i, d))
     lists.append([-1] * (u + d) + [1] * (u + i))
-    return pa.Table.from_arrays(arrays, schema=out_schema), lists
+    return lists
 
 
 def read_raw_changes(engine, tables: set[str] | None, after: int, upto: int) -> Iterator[RawChange]:

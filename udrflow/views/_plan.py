@@ -15,6 +15,13 @@ builds a tree of nodes. Each node knows:
 A change batch here (a "delta") is an Arrow table of the node's columns plus ``__weight``
 (int64; +n inserts n copies of the row, -n deletes them). Deltas are Z-sets: adding two
 deltas is concatenation, and ``consolidate`` sums the weights of equal rows.
+
+A delta of a few rows made from Python values (a source's batch of a small commit, a
+group-by or join step over a few rows) is a :class:`SmallDelta` instead: the same columns
+as Python lists, built into an Arrow table only when an operator asks for one
+(``Stream.out``). The operators with a row-at-a-time path for a few rows (``GroupBy``,
+``Join``'s probe) and the sink take it as it is (``Stream.out_any``, ``pycol``), so a
+single-row update crosses a view without building any Arrow object.
 """
 
 from __future__ import annotations
@@ -43,6 +50,104 @@ JOIN_KINDS = ("inner", "left")
 
 
 # ---- deltas ------------------------------------------------------------------------------
+
+
+SMALL_DELTA_ROWS_MAX = 64  # a delta built from Python values stays Python up to this many rows
+
+
+class SmallDelta:
+    """A delta of ``num_rows`` rows as Python values: ``columns`` maps each name of
+    ``schema`` (weight last) to its list of values. ``table()`` builds (once) the Arrow
+    table every other operator takes; until then it costs no Arrow object (pyarrow spends
+    microseconds on each table, array and type wrapper it makes, several per operator)."""
+
+    __slots__ = ("schema", "columns", "num_rows", "_table")
+
+    def __init__(self, schema: pa.Schema, columns: dict[str, list], num_rows: int) -> None:
+        self.schema = schema
+        self.columns = columns
+        self.num_rows = num_rows
+        self._table = None
+
+    def table(self) -> pa.Table:
+        t = self._table
+        if t is None:
+            names = list(self.columns)
+            lists = list(self.columns.values())
+            arrays = [py_array(values, typ) for values, typ in zip(lists, schema_types(self.schema), strict=True)]
+            t = self._table = remember_columns(pa.Table.from_arrays(arrays, schema=self.schema), names, lists)
+        return t
+
+    def take(self, rows: list[int]) -> SmallDelta:
+        return SmallDelta(self.schema, {n: [c[i] for i in rows] for n, c in self.columns.items()}, len(rows))
+
+    def __reduce__(self):
+        # (Pickled, e.g. in a join side of a state snapshot, as the Arrow table it stands for.)
+        return (_identity, (self.table(),))
+
+    def __repr__(self) -> str:
+        return f"SmallDelta({self.num_rows} rows: {', '.join(self.columns)})"
+
+
+def _identity(x):
+    return x
+
+
+def arrow(delta) -> pa.Table:
+    """``delta`` as an Arrow table (a :class:`SmallDelta` is built into one)."""
+    return delta.table() if type(delta) is SmallDelta else delta
+
+
+def concat_deltas(parts: list) -> pa.Table | SmallDelta:
+    """The sum of ``parts`` (deltas of one schema): Python lists joined while they are all
+    small, else one Arrow table."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(type(p) is SmallDelta for p in parts):
+        first = parts[0]
+        n = sum(p.num_rows for p in parts)
+        if n <= SMALL_DELTA_ROWS_MAX and all(p.schema is first.schema or p.schema.equals(first.schema)
+                                              for p in parts):
+            return SmallDelta(first.schema, {name: [v for p in parts for v in p.columns[name]]
+                                             for name in first.columns}, n)
+    return pa.concat_tables([arrow(p) for p in parts])
+
+
+def _arrow_runs(chunks: list) -> list[pa.Table]:
+    """``chunks`` as Arrow tables, each run of small deltas joined into one table first."""
+    out: list[pa.Table] = []
+    run: list[SmallDelta] = []
+    for c in chunks + [None]:
+        if type(c) is SmallDelta and (not run or c.schema is run[0].schema):
+            run.append(c)
+            continue
+        if run:
+            first = run[0]
+            joined = run[0] if len(run) == 1 else SmallDelta(
+                first.schema, {name: [v for p in run for v in p.columns[name]] for name in first.columns},
+                sum(p.num_rows for p in run))
+            out.append(joined.table())
+            run = []
+        if type(c) is SmallDelta:
+            run.append(c)
+        elif c is not None:
+            out.append(c)
+    return out
+
+
+_TYPES_BY_ID: dict[int, tuple[pa.Schema, list]] = {}
+
+
+def schema_types(schema: pa.Schema) -> list[pa.DataType]:
+    """``schema.types``, once per schema object (each call makes new type wrappers)."""
+    found = _TYPES_BY_ID.get(id(schema))
+    if found is not None and found[0] is schema:
+        return found[1]
+    if len(_TYPES_BY_ID) > 1024:
+        _TYPES_BY_ID.clear()
+    types = schema.types
+    _TYPES_BY_ID[id(schema)] = (schema, types)  # holds the schema, so its id() is not reused
+    return types
 
 
 _EMPTY: dict[pa.Schema, pa.Table] = {}
@@ -133,21 +238,6 @@ def expand(delta: pa.Table) -> tuple[pa.Table, pa.Table]:
     return plus, minus
 
 
-_WEIGHTS: dict[tuple[int, int], pa.Array] = {}
-
-
-def _weights(minus: int, plus: int) -> pa.Array:
-    """An int64 weight array of ``minus`` -1s then ``plus`` +1s (shared for small counts:
-    Arrow arrays are immutable)."""
-    key = (minus, plus)
-    found = _WEIGHTS.get(key)
-    if found is None:
-        found = pa.array([-1] * minus + [1] * plus, pa.int64())
-        if minus + plus <= 16:
-            _WEIGHTS[key] = found
-    return found
-
-
 # The Python values of small deltas built from Python values (a source's batch of a small
 # commit, a small group-by or join step): the next operator, and the sink, read them back
 # as Python, and ``ChunkedArray.to_pylist`` costs several microseconds a column. Keyed by
@@ -172,8 +262,10 @@ def _remembered(table: pa.Table) -> dict[str, list] | None:
     return hit[1] if hit is not None and hit[0] is table else None
 
 
-def pycol(table: pa.Table, name: str) -> list:
+def pycol(table: pa.Table | SmallDelta, name: str) -> list:
     """``table.column(name).to_pylist()`` (from the recorded values when there are any)."""
+    if type(table) is SmallDelta:
+        return table.columns[name]
     hit = _PY_COLUMNS.get(id(table))
     if hit is not None and hit[0] is table:
         return hit[1][name]
@@ -247,8 +339,14 @@ class Stream:
     nid = -1  # stable number of the node in its view (set by number_nodes): keys its state
 
     def out(self, state: dict, deltas: dict[str, pa.Table]) -> pa.Table:
-        """This node's change batch for one step, computed once per step even when the node
-        is shared by several parents."""
+        """This node's change batch for one step as an Arrow table, computed once per step
+        even when the node is shared by several parents."""
+        result = self.out_any(state, deltas)
+        return result.table() if type(result) is SmallDelta else result
+
+    def out_any(self, state: dict, deltas: dict[str, pa.Table]) -> pa.Table | SmallDelta:
+        """``out``, or a :class:`SmallDelta` when the node made one: for the operators that
+        read a few changed rows as Python values."""
         memo = state.setdefault("__memo", {})
         result = memo.get(self.nid)
         if result is None:
@@ -584,13 +682,14 @@ class GroupBy(Stream):
             state[self.nid] = s
         return s
 
-    def step(self, state, deltas) -> pa.Table:
-        d = self.children[0].out(state, deltas)
+    def step(self, state, deltas) -> pa.Table | SmallDelta:
+        d = self.children[0].out_any(state, deltas)
         s = self._state(state)
         if d.num_rows == 0:
             return self._empty()
         if d.num_rows <= GROUP_SMALL_ROWS and self._scalar_ok:
             return self._step_small(s, d)
+        d = arrow(d)
         # Every row's group slot (new groups get one), then numpy scatter-adds of the
         # weighted contributions: no per-row Python, and no hash aggregation to launch.
         row_slots = np.asarray(self._slots(s, _key_list(d, self.keys)), np.int64)
@@ -648,18 +747,19 @@ class GroupBy(Stream):
         plan = self.__dict__.get("_small")
         if plan is None:
             n_keys = len(self.keys)
+            out_schema = self._empty().schema
             plan = self.__dict__["_small"] = (
                 [self.schema.field(i).type for i in range(n_keys)],
                 [self.schema.field(n_keys + i).type for i in range(len(self.aggs))],
                 [(i, agg.func, agg.column) for i, agg in enumerate(self.aggs.values())],
-                self._empty().schema)
+                out_schema, out_schema.names)
         return plan
 
-    def _step_small(self, s: _GroupState, d: pa.Table) -> pa.Table:
+    def _step_small(self, s: _GroupState, d: pa.Table | SmallDelta) -> pa.Table | SmallDelta:
         """``step`` for a few changed rows (a single update): the same arithmetic on the same
         numpy state a row at a time, with no Arrow kernel per aggregate (launching those
         costs more than the work for a handful of rows)."""
-        key_types, agg_types, aggs, out_schema = self._small_plan()
+        key_types, agg_types, aggs, out_schema, out_names = self._small_plan()
         slots = self._slots(s, _key_list(d, self.keys))
         w = pycol(d, W)
         changed = sorted(set(slots))
@@ -699,10 +799,8 @@ class GroupBy(Stream):
         keys = [group_keys[j] for j, _ in entries]
         lists = [keys] if len(key_types) == 1 else [[key[i] for key in keys] for i in range(len(key_types))]
         lists += [[values[i] for _, values in entries] for i in range(len(agg_types))]
-        cols = [py_array(values, t) for values, t in zip(lists, key_types + agg_types, strict=True)]
-        cols.append(_weights(len(minus), len(plus)))
         lists.append([-1] * len(minus) + [1] * len(plus))
-        return remember_columns(pa.Table.from_arrays(cols, schema=out_schema), out_schema.names, lists)
+        return SmallDelta(out_schema, dict(zip(out_names, lists, strict=True)), len(entries))
 
     def _scalar_values(self, s: _GroupState, j: int, aggs: list | None = None) -> tuple:
         """Group ``j``'s aggregates as Python values (count/sum/avg only), as ``_values``."""
@@ -829,6 +927,7 @@ class _Side:
 
     def __getstate__(self) -> dict:
         # A snapshot keeps the rows, not the caches derived from them (rebuilt on first probe).
+        self._arrow_chunks()
         state = dict(self.__dict__)
         for cache in ("_index", "_rows", "_pycols"):
             state.pop(cache, None)
@@ -838,13 +937,24 @@ class _Side:
         """Every row with its weight, for a probe (consolidated first if it has grown)."""
         if not self.chunks:
             return empty_delta(self.schema)
+        self._arrow_chunks()
         if self.rows > 2 * self.compacted_rows + JOIN_SIDE_COMPACT_ROWS_MIN:
             self._compact()
         elif len(self.chunks) > 1:
             self.chunks = [pa.concat_tables(self.chunks)]
         return self.chunks[0]
 
+    def _arrow_chunks(self) -> None:
+        """Build the small deltas added since the last probe into Arrow (a run of them as
+        one table: cheaper than one each, and fewer chunks)."""
+        chunks = self.chunks
+        for c in chunks:
+            if type(c) is SmallDelta:
+                self.chunks = _arrow_runs(chunks)
+                return
+
     def _compact(self) -> None:
+        self._arrow_chunks()
         live = consolidate(pa.concat_tables(self.chunks))
         self.chunks, self.rows, self.compacted_rows = [live], live.num_rows, live.num_rows
         self._index = None
@@ -886,7 +996,7 @@ class _Side:
             found = rows[pos] = tuple(table.column(n)[pos].as_py() for n in names) + (table.column(W)[pos].as_py(),)
         return found
 
-    def add(self, delta: pa.Table) -> None:
+    def add(self, delta: pa.Table | SmallDelta) -> None:
         if delta.num_rows == 0:
             return
         self.chunks.append(delta)
@@ -941,7 +1051,7 @@ class Join(Stream):
         w = pc.multiply(j.column("__wl"), j.column("__wr"))
         return j.select(self.schema.names).cast(self.schema).append_column(pa.field(W, pa.int64()), w)
 
-    def _probe(self, small: pa.Table, side: _Side) -> pa.Table:
+    def _probe(self, small: pa.Table | SmallDelta, side: _Side) -> pa.Table | SmallDelta:
         """``small ⋈ side`` through the side's key index: for a few changed rows this skips
         building a hash table over the whole other side (the index is built once and kept
         while that side does not change, as a static dimension table does not)."""
@@ -959,8 +1069,19 @@ class Join(Stream):
         if not left_rows:
             return empty_delta(self.schema)
         # Each changed row matching one row (a dimension lookup): the changed rows as they are.
-        a = small if len(left_rows) == len(keys) and left_rows == list(range(len(keys))) else (
-            small.take(pa.array(left_rows, pa.int64())))
+        as_is = len(left_rows) == len(keys) and left_rows == list(range(len(keys)))
+        if type(small) is SmallDelta:
+            if len(right_rows) <= JOIN_PROBE_PY_ROWS:
+                a = small if as_is else small.take(left_rows)
+                found = [side.row(pos, self.right_rest) for pos in right_rows]
+                columns = dict(a.columns)
+                w = columns.pop(W)
+                for j, name in enumerate(self.right_rest):
+                    columns[name] = [r[j] for r in found]
+                columns[W] = [x * r[-1] for x, r in zip(w, found, strict=True)]
+                return SmallDelta(self._out_schema(), columns, len(left_rows))
+            small = small.table()
+        a = small if as_is else small.take(pa.array(left_rows, pa.int64()))
         left_names = self.children[0].schema.names
         cols = [a.column(n) for n in left_names]
         if len(right_rows) <= JOIN_PROBE_PY_ROWS:
@@ -995,8 +1116,8 @@ class Join(Stream):
             e = self.__dict__["_out"] = empty_delta(self.schema).schema
         return e
 
-    def step(self, state, deltas) -> pa.Table:
-        dl = self.children[0].out(state, deltas)
+    def step(self, state, deltas) -> pa.Table | SmallDelta:
+        dl = self.children[0].out_any(state, deltas)
         dr = self.children[1].out(state, deltas)
         left, right = self._state(state)
         l_old = left.table() if dr.num_rows else None
@@ -1004,16 +1125,17 @@ class Join(Stream):
         out = []
         if dl.num_rows:
             out.append(self._probe(dl, right) if dl.num_rows <= JOIN_PROBE_SMALL_ROWS else
-                       self._join(dl, right.table()))
+                       self._join(arrow(dl), right.table()))
         if dr.num_rows:
             out.append(self._join(l_old, dr))
         if self.how == "left":
-            out.append(self._antijoin_delta(left, right, dl, dr, l_old))
+            out.append(self._antijoin_delta(left, right, arrow(dl), dr, l_old))
         left.add(dl)
         out = [o for o in out if o.num_rows]
         # Not consolidated here: weights are linear downstream, and the view's output is
         # consolidated once at the end of the step.
-        return (out[0] if len(out) == 1 else pa.concat_tables(out)) if out else empty_delta(self.schema)
+        return (out[0] if len(out) == 1 else pa.concat_tables([arrow(o) for o in out])) if out else (
+            empty_delta(self.schema))
 
     def _antijoin_delta(self, left: _Side, right: _Side, dl, dr, l_old) -> pa.Table:
         """Left rows without a match, padded with nulls: see the case analysis in docs/views.md."""
@@ -1141,12 +1263,16 @@ def number_nodes(stream: Stream) -> list[Stream]:
     return order
 
 
-def step_view(stream: Stream, state: dict, deltas: dict[str, pa.Table]) -> pa.Table:
-    """One incremental step of a whole view: its consolidated output change batch."""
+def step_view(stream: Stream, state: dict, deltas: dict[str, pa.Table | SmallDelta],
+              small_ok: bool = False) -> pa.Table | SmallDelta:
+    """One incremental step of a whole view: its consolidated output change batch (a
+    :class:`SmallDelta` if ``small_ok`` and the last operator made one)."""
     state["__memo"] = {}
     try:
-        out = stream.out(state, deltas)
+        out = stream.out_any(state, deltas)
         # A group-by's output is already minimal (one -1 and/or one +1 row per changed group).
-        return out if isinstance(stream, GroupBy) else consolidate(out)
+        if not isinstance(stream, GroupBy):
+            out = consolidate(arrow(out))
+        return out if small_ok else arrow(out)
     finally:
         state["__memo"] = {}

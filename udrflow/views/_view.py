@@ -44,17 +44,28 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
-from udrflow._changefeed import WEIGHT_COLUMN, RawChange, change_delta, read_raw_changes
+from udrflow._changefeed import (
+    WEIGHT_COLUMN,
+    RawChange,
+    change_delta,
+    change_lists,
+    plain_values,
+    read_raw_changes,
+)
 from udrflow._clock import utc_now
 from udrflow._database import _view_writer
 from udrflow._limits import PY_ROWS_MAX
 from udrflow._names import check_name
 from udrflow.errors import TableExistsError, TableNotFoundError, UsageError
 from udrflow.views._plan import (
+    SMALL_DELTA_ROWS_MAX,
+    SmallDelta,
     Source,
     Stream,
     W,
+    arrow,
     batch_evaluate,
+    concat_deltas,
     conform,
     consolidate,
     empty_delta,
@@ -63,6 +74,7 @@ from udrflow.views._plan import (
     number_nodes,
     pycol,
     remember_columns,
+    schema_types,
     step_view,
 )
 
@@ -235,7 +247,7 @@ class View:
             state = adopt  # the reader chose to continue from the state an earlier run left
         elif state is None:
             state = ViewState()
-        out = step_view(self.definition, state, deltas)
+        out = step_view(self.definition, state, deltas, small_ok=True)
         self._live = (state, version)
         return state, (version, out)
 
@@ -307,12 +319,12 @@ def _keys_of(table: pa.Table, pk: list[str]) -> list:
     return cols[0] if len(pk) == 1 else list(zip(*cols, strict=True))
 
 
-def _apply(tx, table: str, pk: list[str], delta: pa.Table) -> None:
+def _apply(tx, table: str, pk: list[str], delta: pa.Table | SmallDelta) -> None:
     if pk and delta.num_rows <= PY_ROWS_MAX:
         # A small change (the common case of a view kept current): as Python rows it takes
         # the small-commit path (no Arrow encoding of the commit), about half the CPU. A keyed
         # view's delta is consolidated: at most one -1 and one +1 row per key.
-        names = delta.schema.names
+        names = list(delta.columns) if type(delta) is SmallDelta else delta.schema.names
         cols = [pycol(delta, n) for n in names]
         at = names.index(W)
         del names[at]
@@ -331,7 +343,7 @@ def _apply(tx, table: str, pk: list[str], delta: pa.Table) -> None:
         if rows:
             tx.upsert(table, rows)
         return
-    plus, minus = expand(delta)
+    plus, minus = expand(arrow(delta))
     if pk:
         gone = minus.select(pk)
         if plus.num_rows and gone.num_rows:
@@ -625,7 +637,7 @@ class _ViewReader:
             part.append(_source_delta(batch, node, shared))
         self._position = upto
         view = self._view
-        deltas = {table: p[0] if len(p) == 1 else pa.concat_tables(p) for table, p in parts.items()}
+        deltas = {table: concat_deltas(p) for table, p in parts.items()}
         if not deltas and view.reached >= self._emitted and upto > self._replay_to:
             # Nothing the view reads changed (e.g. another view's result commit), and every
             # step emitted so far is committed: the view reflects ``upto`` as it is, with no
@@ -649,20 +661,28 @@ class _ViewReader:
         return self._position
 
 
-def _source_delta(batch: RawChange, node: Source, shared: dict) -> pa.Table:
+def _source_delta(batch: RawChange, node: Source, shared: dict) -> pa.Table | SmallDelta:
     """``batch`` as the weighted batch of source ``node`` (its columns, conformed to its
     schema, and an int64 weight), built once per round for all the views whose source of
-    that table has an equal schema (``shared``: the round's memo)."""
+    that table has an equal schema (``shared``: the round's memo). A small commit's rows
+    of plain types stay Python values (a ``SmallDelta``)."""
     out_schema = node.__dict__.get("_delta_schema")
     if out_schema is None:
         out_schema = node.__dict__["_delta_schema"] = node.schema.append(_W_FIELD)
+        node.__dict__["_delta_names"] = out_schema.names
     memo = shared.get(batch)
     if memo is None:
         memo = shared[batch] = []
     for schema, delta in memo:
         if schema is out_schema or schema.equals(out_schema):
             return delta
-    found = change_delta(batch, node.schema, out_schema)
+    lists = change_lists(batch, node.schema, out_schema)
+    if lists is not None and len(lists[-1]) <= SMALL_DELTA_ROWS_MAX and plain_values(lists[:-1],
+                                                                                  schema_types(node.schema)):
+        delta = SmallDelta(out_schema, dict(zip(node.__dict__["_delta_names"], lists, strict=True)), len(lists[-1]))
+        memo.append((out_schema, delta))
+        return delta
+    found = change_delta(batch, node.schema, out_schema) if lists is not None else None
     if found is not None:
         delta = remember_columns(found[0], out_schema.names, found[1])
     else:
@@ -705,7 +725,7 @@ class _ViewSinkPartition(StatelessSinkPartition):
             recorded = int(view._row["input_version"])
             deltas = [d for v, d in mine if v > recorded and d.num_rows]
             if len(deltas) > 1:
-                delta = consolidate(pa.concat_tables(deltas))
+                delta = consolidate(pa.concat_tables([arrow(d) for d in deltas]))
             else:
                 delta = deltas[0] if deltas else empty_delta(view.definition.schema)
             entries.append((view, version, delta, False))
