@@ -105,12 +105,19 @@ def concat_deltas(parts: list) -> pa.Table | SmallDelta:
         return parts[0]
     if all(type(p) is SmallDelta for p in parts):
         first = parts[0]
-        n = sum(p.num_rows for p in parts)
-        if n <= SMALL_DELTA_ROWS_MAX and all(p.schema is first.schema or p.schema.equals(first.schema)
-                                              for p in parts):
-            return SmallDelta(first.schema, {name: [v for p in parts for v in p.columns[name]]
-                                             for name in first.columns}, n)
+        if (sum(p.num_rows for p in parts) <= SMALL_DELTA_ROWS_MAX
+                and all(p.schema is first.schema or p.schema.equals(first.schema) for p in parts)):
+            return _joined(parts)
     return pa.concat_tables([arrow(p) for p in parts])
+
+
+def _joined(parts: list[SmallDelta]) -> SmallDelta:
+    """Small deltas of one schema as one (their lists joined)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return SmallDelta(first.schema, {name: [v for p in parts for v in p.columns[name]] for name in first.columns},
+                      sum(p.num_rows for p in parts))
 
 
 def _arrow_runs(chunks: list) -> list[pa.Table]:
@@ -122,11 +129,7 @@ def _arrow_runs(chunks: list) -> list[pa.Table]:
             run.append(c)
             continue
         if run:
-            first = run[0]
-            joined = run[0] if len(run) == 1 else SmallDelta(
-                first.schema, {name: [v for p in run for v in p.columns[name]] for name in first.columns},
-                sum(p.num_rows for p in run))
-            out.append(joined.table())
+            out.append(_joined(run).table())
             run = []
         if type(c) is SmallDelta:
             run.append(c)
