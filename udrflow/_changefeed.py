@@ -185,7 +185,7 @@ def _change_rows_from_values(changes: Changes, schema: pa.Schema) -> pa.Table:
     then new rows of updates, inserts (+1)."""
     u, i, d = changes.updates, changes.inserts, changes.deletes
     change_schema, at, old_at, _ = _check_values(changes, schema)
-    arrays = _value_arrays(changes, schema, schema, at, old_at)
+    arrays = _value_arrays(changes, schema, schema, _value_lists(changes, at, old_at))
     ops, weights = _op_arrays_for(u, i, d)
     arrays.append(ops)
     arrays.append(weights)
@@ -255,19 +255,15 @@ def _value_lists(changes: Changes, at, old_at) -> list[list]:
     return lists
 
 
-def _value_arrays(changes: Changes, schema: pa.Schema, fields, at, old_at, lists: list | None = None) -> list[pa.Array]:
-    """One Arrow array per field of ``fields``, of ``_value_lists``. ``lists``, if given,
-    receives each array's values as a Python list."""
-    computed = _value_lists(changes, at, old_at)
+def _value_arrays(changes: Changes, schema: pa.Schema, fields, lists: list[list]) -> list[pa.Array]:
+    """One Arrow array per field of ``fields`` (a list of ``_value_lists``; a list of
+    nulls for a column the commit does not name). A value not of its field's type is
+    corruption: the writer checked every value against ``schema``."""
     try:
-        arrays = [pa.nulls(len(values), field.type) if k is None else py_array(values, field.type)
-                  for field, values, k in zip(fields, computed, at, strict=True)]
+        return [py_array(values, field.type) for field, values in zip(fields, lists, strict=True)]
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise CorruptionError(f"changes to table {changes.table!r} hold values that are not of the types of "
                               f"{schema}: {exc}") from exc
-    if lists is not None:
-        lists.extend(computed)
-    return arrays
 
 
 _PLAIN_CLASSES = {pa.int64().id: int, pa.float64().id: float, pa.string().id: str, pa.large_string().id: str,
@@ -487,11 +483,7 @@ def change_delta(raw: RawChange, schema: pa.Schema, out_schema: pa.Schema) -> tu
     if lists is None:
         return None
     op = raw.op
-    try:
-        arrays = [py_array(values, field.type) for field, values in zip(schema, lists[:-1], strict=True)]
-    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-        raise CorruptionError(f"changes to table {op.table!r} hold values that are not of the types of "
-                              f"{raw.schema}: {exc}") from exc
+    arrays = _value_arrays(op, raw.schema, schema, lists[:-1])
     arrays.append(_w64_for(op.updates, op.inserts, op.deletes))
     return pa.Table.from_arrays(arrays, schema=out_schema), lists
 
