@@ -324,11 +324,17 @@ class CheckpointStore:
             rows = rows.take(pc.sort_indices(rows, sort_keys=[(k, "ascending") for k in pk]))
         rows = rows.combine_chunks()
         bounds = chunk_bounds(rows, pk)
-        digests = self.chunks.put_tables([rows.slice(o, n) for o, n in bounds])
-        gone = self.chunks.put_tables([deleted.combine_chunks()]) if deleted.num_rows else []
-        m = Manifest(tdef.name, tdef.created, version, schema_to_bytes(tdef.schema), pk, digests,
-                     [n for _, n in bounds], table_rows, base, gone, parent)
-        return self._record(m)
+        # Pinned until the manifest is durable: a gc of another branch may sweep meanwhile.
+        digests = self.chunks.put_tables([rows.slice(o, n) for o, n in bounds], pin=True)
+        gone: list[str] = []
+        try:
+            if deleted.num_rows:
+                gone = self.chunks.put_tables([deleted.combine_chunks()], pin=True)
+            m = Manifest(tdef.name, tdef.created, version, schema_to_bytes(tdef.schema), pk, digests,
+                         [n for _, n in bounds], table_rows, base, gone, parent)
+            return self._record(m)
+        finally:
+            self.chunks.unpin(digests + gone)
 
     def write(self, tdef: TableDef, version: int, table: pa.Table) -> Manifest:
         pk = list(tdef.primary_key)
@@ -336,8 +342,11 @@ class CheckpointStore:
             table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in pk]))
         table = table.combine_chunks()
         bounds = chunk_bounds(table, pk)
-        digests = self.chunks.put_tables([table.slice(o, n) for o, n in bounds])
-        return self.adopt(tdef, version, digests, [n for _, n in bounds])
+        digests = self.chunks.put_tables([table.slice(o, n) for o, n in bounds], pin=True)
+        try:
+            return self.adopt(tdef, version, digests, [n for _, n in bounds])
+        finally:
+            self.chunks.unpin(digests)
 
     def adopt(self, tdef: TableDef, version: int, digests: list[str], chunk_rows: list[int]) -> Manifest:
         """Record a checkpoint made of chunks already stored (and durable): a bulk load

@@ -219,6 +219,12 @@ class ChunkStore:
         self._hits = 0
         self._misses = 0
         self._evictions = 0
+        # Pins (see ``sweeping``): digest -> holders. ``_released`` collects what was
+        # unpinned while a sweep runs, which that sweep must keep too.
+        self._pin_lock = threading.Lock()
+        self._pins: dict[str, int] = {}
+        self._sweeps = 0
+        self._released: set[str] = set()
 
     def __repr__(self) -> str:
         return f"ChunkStore({self.root!r})"
@@ -235,7 +241,7 @@ class ChunkStore:
         stored is not written again."""
         return self.put_many([data])[0]
 
-    def put_many(self, blobs: list[bytes]) -> list[str]:
+    def put_many(self, blobs: list[bytes], pin: bool = False) -> list[str]:
         """Store every blob; return their digests in order. Durable when it returns.
 
         New files are written in batches of at most ``CHUNK_WRITE_BATCH_MAX``: all temp
@@ -244,21 +250,66 @@ class ChunkStore:
         directory rather than 2N. On failure nothing partial is visible at a chunk's
         name; chunks of the batch that were already durable may stay (they are valid and
         unreferenced, for GC to reclaim).
+
+        ``pin=True``: each digest is pinned before its file is looked for or written, so
+        a concurrent gc keeps it (even a copy that was already stored) until the caller's
+        ``unpin(digests)``, once a durable record references it.
         """
         blobs = [_check_data(b) for b in blobs]
         digests = [digest_of(b) for b in blobs]
         unique = list(dict(zip(digests, blobs, strict=True)).items())
-        for start in range(0, len(unique), CHUNK_WRITE_BATCH_MAX):
-            self._put_batch(unique[start:start + CHUNK_WRITE_BATCH_MAX])
+        if pin:
+            self.pin(digests)
+        try:
+            for start in range(0, len(unique), CHUNK_WRITE_BATCH_MAX):
+                self._put_batch(unique[start:start + CHUNK_WRITE_BATCH_MAX])
+        except BaseException:
+            if pin:
+                self.unpin(digests)
+            raise
         return digests
 
     def put_table(self, table: pa.Table | pa.RecordBatch) -> str:
         """Store ``table`` as one chunk (see :func:`encode_table`); return its digest."""
         return self.put_many([_encode_buffer(table)])[0]
 
-    def put_tables(self, tables: list[pa.Table | pa.RecordBatch]) -> list[str]:
-        """Store each table as one chunk, in one batched write; return their digests."""
-        return self.put_many([_encode_buffer(t) for t in tables])
+    def put_tables(self, tables: list[pa.Table | pa.RecordBatch], pin: bool = False) -> list[str]:
+        """Store each table as one chunk, in one batched write; return their digests
+        (``pin``: as in :meth:`put_many`)."""
+        return self.put_many([_encode_buffer(t) for t in tables], pin=pin)
+
+    # ---- pins: chunks that gc must keep although no durable record references them yet ----
+
+    def pin(self, digests: list[str]) -> None:
+        """Keep ``digests`` from any gc until as many ``unpin`` calls (a commit or checkpoint
+        that wrote them and whose record is not durable yet)."""
+        with self._pin_lock:
+            pins = self._pins
+            for d in digests:
+                pins[d] = pins.get(d, 0) + 1
+
+    def unpin(self, digests: list[str]) -> None:
+        with self._pin_lock:
+            pins = self._pins
+            for d in digests:
+                n = pins[d] - 1
+                if n:
+                    pins[d] = n
+                else:
+                    del pins[d]
+                if self._sweeps:
+                    # A sweep that started before the record became durable did not see it.
+                    self._released.add(d)
+
+    def pinned(self) -> frozenset[str]:
+        with self._pin_lock:
+            return frozenset(self._pins)
+
+    def sweeping(self) -> _Sweep:
+        """A gc's sweep: enter it *before* collecting what is referenced, then delete with
+        ``delete_unless_pinned``. A chunk pinned at any moment since the sweep began is
+        kept: its record may have become durable after the sweep read the references."""
+        return _Sweep(self)
 
     def _put_batch(self, items: list[tuple[str, bytes | pa.Buffer]]) -> None:
         pending = items
@@ -505,6 +556,20 @@ class ChunkStore:
         except OSError as exc:
             raise storage_error_from_os(exc, "delete chunk", path) from exc
 
+    def _delete_unless_pinned(self, digest: str) -> int | None:
+        # Under the pin lock: a put pins before it looks for the file, so it either sees
+        # this deletion done (and writes the chunk again) or keeps it from happening.
+        with self._pin_lock:
+            if digest in self._pins or digest in self._released:
+                return None
+            path = self.path_of(digest)
+            try:
+                size = os.path.getsize(path)
+            except FileNotFoundError:
+                return None
+            self.delete(digest)
+            return size
+
     def remove_temp_files(self) -> int:
         """Remove temp files left by writers that died mid-put; return how many.
 
@@ -516,6 +581,30 @@ class ChunkStore:
             if TEMP_MARKER in entry.name and remove_file(self.io, entry.path, "chunk temp file"):
                 removed += 1
         return removed
+
+
+class _Sweep:
+    """``with store.sweeping() as sweep:`` (see ChunkStore.sweeping)."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> _Sweep:
+        with self._store._pin_lock:
+            self._store._sweeps += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        store = self._store
+        with store._pin_lock:
+            store._sweeps -= 1
+            if not store._sweeps:
+                store._released.clear()
+
+    def delete_unless_pinned(self, digest: str) -> int | None:
+        """Delete chunk ``digest`` unless pinned now or since the sweep began; return the
+        bytes removed, or None if it was kept (or already gone)."""
+        return self._store._delete_unless_pinned(digest)
 
 
 def _scandir_sorted(path: str) -> list[os.DirEntry]:

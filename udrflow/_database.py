@@ -66,10 +66,19 @@ class _Store:
         self.engines: dict[str, TableEngine] = {}
         self.chunks = ChunkStore(os.path.join(path, "chunks"), self.io)
         self.refs = 0
+        # Logs and engines are built on first use, by whichever thread gets there first:
+        # two threads building one each would run two writers over one log and lose
+        # acknowledged commits. Reentrant: a branch's engine builds its parent's first.
+        self._build_lock = threading.RLock()
 
     def log(self, branch: str) -> EpochLog:
         log = self.logs.get(branch)
-        if log is None:
+        if log is not None:
+            return log
+        with self._build_lock:
+            log = self.logs.get(branch)
+            if log is not None:
+                return log
             _branches.read_meta(self.path, branch)  # BranchNotFoundError for an unknown branch
             o = self.options
             log = EpochLog.open(os.path.join(self.path, "log", branch), readonly=self.readonly,
@@ -82,7 +91,12 @@ class _Store:
         # Built on first use: it decodes every commit header to rebuild the catalog, which
         # log-level users (udrflow verify, crash tests on raw frames) do not need.
         engine = self.engines.get(branch)
-        if engine is None:
+        if engine is not None:
+            return engine
+        with self._build_lock:
+            engine = self.engines.get(branch)
+            if engine is not None:
+                return engine
             meta = _branches.read_meta(self.path, branch)
             parent = None if meta is None else self.engine(meta.parent)
             checkpoints = CheckpointStore(os.path.join(self.path, "checkpoints", branch), self.io, self.chunks)
@@ -93,6 +107,10 @@ class _Store:
 
     def close_branch(self, branch: str) -> None:
         """Close a branch's engine and log (before it is deleted)."""
+        with self._build_lock:
+            self._close_branch_locked(branch)
+
+    def _close_branch_locked(self, branch: str) -> None:
         engine = self.engines.pop(branch, None)
         if engine is not None:
             engine.close()
@@ -422,7 +440,10 @@ class Database:
         if views is None:
             from udrflow.views._view import Views
 
-            views = self.__dict__["_views"] = Views(self)
+            with self._store._build_lock:  # one Views per handle, or stop() would miss a run()
+                views = self.__dict__.get("_views")
+                if views is None:
+                    views = self.__dict__["_views"] = Views(self)
         return views
 
     def create_view(self, name: str, definition, *, refresh: bool = True):

@@ -563,20 +563,26 @@ class TableEngine:
             self._lock.release()
         if queued is None:
             return None
-        pending, resolved, adoptions = queued
+        pending, resolved, adoptions, pinned = queued
         version = pending.version
-        # Before the wait: a lone commit's data is on its way to the device meanwhile (see
-        # log.submit(start=True)), so this costs nothing on its path.
-        backlog = self._maybe_checkpoint(resolved, version)
         try:
-            pending.wait()
-        except BaseException:
-            with self._lock:
-                self._reset_after_failure()
-            raise
-        for tdef, digests, chunk_rows in adoptions:
-            with self._maintenance_lock:
-                self.checkpoints.adopt(tdef, version, digests, chunk_rows)
+            # Before the wait: a lone commit's data is on its way to the device meanwhile (see
+            # log.submit(start=True)), so this costs nothing on its path.
+            backlog = self._maybe_checkpoint(resolved, version)
+            try:
+                pending.wait()
+            except BaseException:
+                with self._lock:
+                    self._reset_after_failure()
+                raise
+            for tdef, digests, chunk_rows in adoptions:
+                with self._maintenance_lock:
+                    self.checkpoints.adopt(tdef, version, digests, chunk_rows)
+        finally:
+            if pinned:
+                # The commit is visible (a gc scanning the log finds its chunks), or it
+                # failed and nothing references them: gc may judge them from now on.
+                self.chunks.unpin(pinned)
         for done in backlog:
             done.wait()
         return version
@@ -665,34 +671,41 @@ class TableEngine:
         self._recent.append(written)
         head.apply_rows(plus_rows, keys, dead)  # (_apply_heads: the head resolved against is the table's)
         self._head_version = version
-        return pending, resolved, ()
+        return pending, resolved, (), None
 
     def _queue_resolved(self, resolved: list, effects: dict, written: list[_Written], meta: dict | None):
         """The rest of ``_queue`` once ``ops`` are resolved: encode (moving large rows to
         chunks), queue on the log, and bring the catalog, conflict tracker and heads up to it."""
         adoptions: list = []
+        # Chunks written for this commit stay pinned (gc keeps them) until it is visible.
+        pinned: list[str] = []
         spill = values_form = False
         for op in resolved:
             if type(op) is Changes:
                 spill = spill or len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX
                 values_form = values_form or bool(op.columns)
-        if spill:
-            self._spill_to_chunks(resolved, effects, adoptions)
-        commit = Commit(ops=resolved, meta=meta or {})
-        body = encode_commit(commit)
-        if values_form and len(body) > COMMIT_INLINE_ROWS_BYTES_MAX:
-            # Python rows whose old values turned out large (a delete of big rows):
-            # the Arrow form, which can move to chunks like any large row data.
-            self._values_to_arrow(resolved, effects)
-            if any(isinstance(op, Changes) and len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX for op in resolved):
-                self._spill_to_chunks(resolved, effects, adoptions)
+        try:
+            if spill:
+                self._spill_to_chunks(resolved, effects, adoptions, pinned)
             commit = Commit(ops=resolved, meta=meta or {})
             body = encode_commit(commit)
-        if len(body) > COMMIT_BODY_BYTES_MAX:
-            raise UsageError(f"commit is {len(body)} bytes after moving its rows to chunks: expected at most "
-                             f"{COMMIT_BODY_BYTES_MAX} (COMMIT_BODY_BYTES_MAX)")
-        # start=True: the bookkeeping below runs while the device takes a lone commit's data.
-        pending = self.log.submit(body, failures_seen=self._failures_seen, start=True)
+            if values_form and len(body) > COMMIT_INLINE_ROWS_BYTES_MAX:
+                # Python rows whose old values turned out large (a delete of big rows):
+                # the Arrow form, which can move to chunks like any large row data.
+                self._values_to_arrow(resolved, effects)
+                if any(isinstance(op, Changes) and len(op.rows) > COMMIT_INLINE_ROWS_BYTES_MAX for op in resolved):
+                    self._spill_to_chunks(resolved, effects, adoptions, pinned)
+                commit = Commit(ops=resolved, meta=meta or {})
+                body = encode_commit(commit)
+            if len(body) > COMMIT_BODY_BYTES_MAX:
+                raise UsageError(f"commit is {len(body)} bytes after moving its rows to chunks: expected at most "
+                                 f"{COMMIT_BODY_BYTES_MAX} (COMMIT_BODY_BYTES_MAX)")
+            # start=True: the bookkeeping below runs while the device takes a lone commit's data.
+            pending = self.log.submit(body, failures_seen=self._failures_seen, start=True)
+        except BaseException:
+            if pinned:
+                self.chunks.unpin(pinned)
+            raise
         version = pending.version
         self._remember(version, commit, len(body))
         with self._catalog_lock:
@@ -702,7 +715,7 @@ class TableEngine:
             self._recent.append(w)
         self._apply_heads(resolved, effects)
         self._head_version = version
-        return pending, resolved, adoptions
+        return pending, resolved, adoptions, pinned
 
     @cython.ccall
     def _remember(self, version: int, commit: Commit, nbytes: int) -> None:
@@ -1205,7 +1218,7 @@ class TableEngine:
                 else:
                     head.apply(plus, minus)
 
-    def _spill_to_chunks(self, resolved: list, effects: dict, adoptions: list) -> None:
+    def _spill_to_chunks(self, resolved: list, effects: dict, adoptions: list, pinned: list) -> None:
         """Large row data goes to chunks (durable before the frame is written), and the frame
         references them by hash. Pure inserts into a keyed table are written key-sorted in
         the checkpoint layout, so a checkpoint of that state reuses the very same chunks."""
@@ -1218,7 +1231,8 @@ class TableEngine:
                 pk = list(tdef.primary_key)
                 rows = plus.take(pc.sort_indices(plus, sort_keys=[(k, "ascending") for k in pk])).combine_chunks()
                 bounds = chunk_bounds(rows, pk)
-                digests = self.chunks.put_tables([rows.slice(o, n) for o, n in bounds])
+                digests = self.chunks.put_tables([rows.slice(o, n) for o, n in bounds], pin=True)
+                pinned.extend(digests)
                 resolved[i] = Changes(op.table, b"", 0, op.inserts, 0, op.rows_in, op.rows_out, digests, True)
                 if self.catalog.row_count(op.table, self._head_version) == 0:
                     # Loaded into an empty table: these chunks are the table's whole state, the
@@ -1227,8 +1241,10 @@ class TableEngine:
             else:
                 step = COMMIT_BODY_BYTES_MAX // 2
                 pieces = [op.rows[j:j + step] for j in range(0, len(op.rows), step)]
+                digests = self.chunks.put_many(pieces, pin=True)
+                pinned.extend(digests)
                 resolved[i] = Changes(op.table, b"", op.updates, op.inserts, op.deletes, op.rows_in, op.rows_out,
-                                      self.chunks.put_many(pieces))
+                                      digests)
 
     # ---- checkpoints -----------------------------------------------------------------
 
@@ -1277,11 +1293,13 @@ class TableEngine:
             if (name, created) in self._checkpoint_pending:
                 return
             self._checkpoint_pending[(name, created)] = threading.Event()
-        if self._checkpoint_queue is None:
-            self._checkpoint_queue = queue.Queue(maxsize=64)
-            self._checkpoint_thread = threading.Thread(target=self._checkpointer, name="udrflow-checkpoint",
-                                                       daemon=True)
-            self._checkpoint_thread.start()
+            # Started under the lock: two committers starting one each would leave a
+            # checkpointer that close() never stops.
+            if self._checkpoint_queue is None:
+                self._checkpoint_queue = queue.Queue(maxsize=64)
+                self._checkpoint_thread = threading.Thread(target=self._checkpointer, name="udrflow-checkpoint",
+                                                           daemon=True)
+                self._checkpoint_thread.start()
         try:
             self._checkpoint_queue.put_nowait((name, created))
         except queue.Full:
@@ -1424,13 +1442,16 @@ class TableEngine:
                     raise storage_error_from_os(exc, "write the catalog snapshot", path) from exc
                 removed = self.log.drop_segments_before(cut)
                 report["segments_removed"] = len(removed)
-            # 3. Chunks: referenced by a retained manifest (any branch) or a retained commit.
-            live = self._referenced_chunks()
-            for digest in list(self.chunks.digests()):
-                if digest not in live:
-                    report["bytes_removed"] += os.path.getsize(self.chunks.path_of(digest))
-                    self.chunks.delete(digest)
-                    report["chunks_removed"] += 1
+            # 3. Chunks: referenced by a retained manifest (any branch) or a retained commit,
+            #    or pinned by a commit or checkpoint still on its way (see ChunkStore.sweeping).
+            with self.chunks.sweeping() as sweep:
+                live = self._referenced_chunks()
+                for digest in list(self.chunks.digests()):
+                    if digest not in live:
+                        removed = sweep.delete_unless_pinned(digest)
+                        if removed is not None:
+                            report["bytes_removed"] += removed
+                            report["chunks_removed"] += 1
             return report
 
     def _referenced_chunks(self) -> set[str]:
