@@ -52,11 +52,15 @@ class BranchMeta(msgspec.Struct):
 
 
 def meta_path(root: str, name: str) -> str:
+    check_name(name, "branch")  # a branch name becomes a file and directory name
     return os.path.join(root, "branches", f"{name}.msgpack")
 
 
 def read_meta(root: str, name: str) -> BranchMeta | None:
-    """The fork of branch ``name``; None for the main branch; BranchNotFoundError if unknown."""
+    """The fork of branch ``name``; None for the main branch; BranchNotFoundError if unknown.
+    Every way a branch name comes in (open, SQL ``t@b``, diff, merge, delete) passes here
+    first, so the name rule is checked here: InvalidNameError, never a path outside."""
+    check_name(name, "branch")
     if name == DEFAULT_BRANCH:
         return None
     path = meta_path(root, name)

@@ -28,7 +28,7 @@ from udrflow._clock import Clock
 from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
 from udrflow._limits import FSYNC_INTERVAL_MS_DEFAULT, SEGMENT_SIZE_BYTES_DEFAULT
 from udrflow._lock import WriterLock
-from udrflow._names import check_name
+from udrflow._names import check_name, check_new_name
 from udrflow._pyrows import PyRows, keys_valid, python_rows
 from udrflow._schema import check_keys, check_table_schema, to_arrow, to_rows
 from udrflow._tables import Op, TableEngine
@@ -522,6 +522,8 @@ class Database:
         return self._writable_engine().gc()
 
     def _ddl_op(self, kind: str, name: str, *, schema=None, primary_key=None, column=None) -> Op:
+        if kind == "create_table":
+            check_new_name(name, "table", internal=getattr(_view_writer, "active", False))
         check_name(name, "table")
         if kind == "create_table":
             if not isinstance(schema, pa.Schema):

@@ -8,7 +8,20 @@ from udrflow.errors import InvalidNameError
 
 NAME_BYTES_MAX = 128
 RESERVED_TABLE_NAMES = frozenset({"__changelog"})
+#: Tables udrflow keeps for itself (the view registry, ``__udrflow_views``): only udrflow
+#: creates them (``internal=True``).
+RESERVED_TABLE_PREFIX = "__udrflow"
 _ALLOWED = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def check_new_name(name: object, kind: str, *, internal: bool = False) -> str:
+    """``check_name`` for a table or view about to be created: also refuses the names
+    udrflow reserves for its own tables, unless udrflow itself (``internal``) creates one."""
+    check_name(name, kind)
+    if name.startswith(RESERVED_TABLE_PREFIX) and not internal:
+        raise InvalidNameError(f"{kind} name {name!r} is reserved: names starting with {RESERVED_TABLE_PREFIX!r} "
+                               f"belong to udrflow's own tables")
+    return name
 
 
 def check_name(name: object, kind: str) -> str:
@@ -17,8 +30,12 @@ def check_name(name: object, kind: str) -> str:
         raise InvalidNameError(f"{kind} name must be a str: got {type(name).__name__}")
     if not name:
         raise InvalidNameError(f"{kind} name must not be empty")
-    if len(name.encode()) > NAME_BYTES_MAX:
-        raise InvalidNameError(f"{kind} name must be at most {NAME_BYTES_MAX} bytes: got {len(name.encode())} "
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:
+        raise InvalidNameError(f"{kind} name must be valid Unicode text: got {name[:20]!r} (a lone surrogate)") from None
+    if len(encoded) > NAME_BYTES_MAX:
+        raise InvalidNameError(f"{kind} name must be at most {NAME_BYTES_MAX} bytes: got {len(encoded)} "
                                f"bytes ({name[:20]!r}...)")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidNameError(f"{kind} name must not contain control characters: got {name!r}")

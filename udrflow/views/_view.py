@@ -55,7 +55,7 @@ from udrflow._changefeed import (
 from udrflow._clock import utc_now
 from udrflow._database import _view_writer
 from udrflow._limits import PY_ROWS_MAX
-from udrflow._names import check_name
+from udrflow._names import check_new_name
 from udrflow.errors import TableExistsError, TableNotFoundError, UsageError
 from udrflow.views._plan import (
     SMALL_DELTA_ROWS_MAX,
@@ -823,7 +823,7 @@ class Views:
 
     def create(self, name: str, definition: Stream, *, refresh: bool = True) -> View:
         db = self._db
-        check_name(name, "view")
+        check_new_name(name, "view")
         if not isinstance(definition, Stream):
             raise UsageError(f"create_view needs a definition built from db.stream(...): got {definition!r}")
         if name.startswith("__udrflow"):
@@ -837,13 +837,13 @@ class Views:
         text = json.dumps(definition.to_json())
         from_json(json.loads(text))  # a definition that does not round-trip must fail now, not at restart
         shutil.rmtree(Path(db.path) / "views" / str(db.branch) / name, ignore_errors=True)  # a leftover of a dropped namesake
-        if REGISTRY not in db.tables():
-            try:
-                db.create_table(REGISTRY, REGISTRY_SCHEMA, primary_key=["name"])
-            except TableExistsError:
-                pass  # another thread created it first
         _view_writer.active = True
         try:
+            if REGISTRY not in db.tables():
+                try:
+                    db.create_table(REGISTRY, REGISTRY_SCHEMA, primary_key=["name"])
+                except TableExistsError:
+                    pass  # another thread created it first
             with db.transaction() as tx:
                 tx.create_table(name, definition.schema, primary_key=definition.primary_key() or None)
                 tx.upsert(REGISTRY, [{"name": name, "definition": text, "input_version": 0}])
