@@ -134,3 +134,19 @@ def test_opening_things_that_are_not_databases(tmp_path):
     with pytest.raises(UsageError, match="expected a directory, found a file"):
         udrflow.open(tmp_path / "file")
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_writer_in(tmp_path):
+    # The lock is the kernel's, on the directory: the LOCK file only names the holder.
+    path = str(tmp_path / "db")
+    with udrflow.open(path) as db:
+        db.log.append(b"x")
+        os.remove(os.path.join(path, "LOCK"))
+        code = f"import udrflow; udrflow.open({path!r})"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert "DatabaseLockedError" in proc.stderr
+        assert "already open for writing" in proc.stderr
+        assert db.log.append(b"y") == 2
+    with udrflow.open(path) as again:  # released with the last handle
+        assert again.version == 2
