@@ -166,3 +166,30 @@ def test_failed_segment_roll_poisons_and_loses_nothing_acknowledged(tmp_path):
     with EpochLog.open(str(tmp_path)) as log:
         assert log.version >= max(acked)
         assert all(r.payload == chunk for r in log.scan())
+
+
+def test_a_commit_whose_fdatasync_failed_says_its_outcome_is_unknown(tmp_path):
+    # It was written whole before the fsync failed, so it may be there after a reopen: the
+    # caller must learn that, not read "failed" and retry a transfer twice.
+    import pyarrow as pa
+
+    import udrflow
+    from udrflow.errors import CommitOutcomeUnknownError
+
+    io = FaultyFileIO()
+    path = str(tmp_path / "bank.udr")
+    db = udrflow.open(path, io=io)
+    db.create_table("acct", pa.schema([pa.field("id", pa.int64(), nullable=False), ("bal", pa.int64())]),
+                    primary_key="id")
+    db.insert("acct", [{"id": 1, "bal": 100}])
+    io.fail("fdatasync", errno.EIO)
+    with pytest.raises(CommitOutcomeUnknownError, match=r"version 3 may or may not be durable") as info:
+        db.upsert("acct", [{"id": 1, "bal": 50}])
+    assert isinstance(info.value, LogPoisonedError)
+    # Later commits were never written: plainly refused, not "unknown".
+    with pytest.raises(LogPoisonedError) as later:
+        db.upsert("acct", [{"id": 1, "bal": 0}])
+    assert not isinstance(later.value, CommitOutcomeUnknownError)
+    db.close()
+    with udrflow.open(path) as again:
+        assert again.read("acct").to_pylist() in ([{"id": 1, "bal": 100}], [{"id": 1, "bal": 50}])

@@ -10,7 +10,7 @@ EXPECTED = {
     "open", "Database", "Transaction", "retry", "Durability", "LogRecord", "errors", "UdrflowError",
     "CorruptionError", "SchemaError", "TableExistsError", "TableNotFoundError", "TransactionConflictError",
     "DatabaseClosedError", "DatabaseLockedError", "DatabaseNotFoundError", "InvalidNameError",
-    "InvalidOptionError", "InvalidPayloadError", "LogPoisonedError", "ReadOnlyError", "StorageError",
+    "InvalidOptionError", "InvalidPayloadError", "LogPoisonedError", "CommitOutcomeUnknownError", "ReadOnlyError", "StorageError",
     "StorageFullError", "StoragePermissionError", "VersionNotFoundError",
     "BranchNotFoundError", "SqlError", "SqlSyntaxError", "SqlReadOnlyError", "ConnectorError",
     "MergeConflictError", "merge_field",

@@ -18,6 +18,7 @@ from udrflow._database import open as open
 from udrflow._transaction import Transaction as Transaction
 from udrflow._transaction import retry as retry
 from udrflow.errors import BranchNotFoundError as BranchNotFoundError
+from udrflow.errors import CommitOutcomeUnknownError as CommitOutcomeUnknownError
 from udrflow.errors import ConnectorError as ConnectorError
 from udrflow.errors import CorruptionError as CorruptionError
 from udrflow.errors import DatabaseClosedError as DatabaseClosedError
@@ -65,6 +66,7 @@ __all__ = [
     "InvalidOptionError",
     "InvalidPayloadError",
     "LogPoisonedError",
+    "CommitOutcomeUnknownError",
     "ReadOnlyError",
     "SchemaError",
     "StorageError",

@@ -33,6 +33,7 @@ Messages say what was expected, what was found, and where::
     │   ├── StoragePermissionError the OS refused access to a path
     │   ├── CorruptionError        stored bytes fail a checksum or an invariant
     │   └── LogPoisonedError       an fsync failed; the writer refuses work until reopened
+    │       └── CommitOutcomeUnknownError  this commit was written, then its fsync failed: it may be durable
     ├── MergeConflictError         a merge found rows both branches changed differently (nothing applied)
     ├── ConnectorError             an outside system (Kafka) or its data failed a connector
     └── InternalError              an invariant of udrflow itself broke (a bug: report it)
@@ -44,6 +45,7 @@ import errno as _errno
 
 __all__ = [
     "UdrflowError",
+    "CommitOutcomeUnknownError",
     "MergeConflictError",
     "UsageError",
     "InvalidPayloadError",
@@ -170,6 +172,13 @@ class LogPoisonedError(StorageError):
     kernel may have dropped the dirty pages, so retrying could report success for data
     that is gone: the writer refuses all further work until the database is reopened,
     and recovery then decides from what is really on disk."""
+
+
+class CommitOutcomeUnknownError(LogPoisonedError):
+    """The commit was written but its fsync (or what followed the write) failed: it may or
+    may not be durable. After a reopen, recovery keeps it if its frame reached the disk
+    whole. Do not simply retry a non-idempotent commit: read the database after reopening
+    to learn whether it is there (a retry could apply a transfer twice)."""
 
 
 class InternalError(UdrflowError):

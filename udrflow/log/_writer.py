@@ -48,6 +48,7 @@ from udrflow._ext._fastio import HAVE_START_WRITEBACK, pwrite_all, start_writeba
 from udrflow._fileio import FileIO
 from udrflow._limits import EPOCH_BYTES_MAX, PENDING_BYTES_MAX, PREALLOC_STEP_BYTES, SEGMENT_HEADER_BYTES
 from udrflow.errors import (
+    CommitOutcomeUnknownError,
     DatabaseClosedError,
     LogPoisonedError,
     StorageError,
@@ -682,11 +683,30 @@ class LogWriter:
         self._pending.clear()
         self._pending_bytes = 0
         self._next_version = self._log._visible_version + 1
+        written = {id(t) for t in batch}
         for ticket in failed:
-            ticket.error = self._copy_error(failure.error)
+            pre = ticket.prewrite
+            if failure.poison and (id(ticket) in written or (pre is not None and not pre.pending)):
+                # Its frames may be on disk whole although the fsync (or the undo) failed.
+                ticket.error = self._unknown_outcome(failure.error, ticket)
+            else:
+                ticket.error = self._copy_error(failure.error)
             ticket.done = True
             ticket.bodies = None
         return failed
+
+    @cython.ccall
+    @cython.locals(ticket=_Ticket)
+    def _unknown_outcome(self, error: StorageError, ticket: _Ticket) -> CommitOutcomeUnknownError:
+        first = ticket.version_first
+        last = first + len(ticket.bodies) - 1
+        versions = f"version {first}" if first == last else f"versions {first}..{last}"
+        err = CommitOutcomeUnknownError(
+            f"the commit at {versions} may or may not be durable: it was written to the log of "
+            f"{self._log.directory}, then {error}. Reopen the database and read it to learn whether the commit is "
+            f"there before retrying (a retry could apply it twice).", error.path)
+        err.__cause__ = error.__cause__
+        return err
 
     @staticmethod
     def _copy_error(error: StorageError) -> StorageError:
