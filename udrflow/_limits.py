@@ -39,6 +39,10 @@ EPOCH_BYTES_MAX = 8 * MIB
 #: a file-system journal commit on every fsync). Recovery reads the zeros as the end.
 PREALLOC_STEP_BYTES = 4 * MIB
 
+#: After zeros written ahead did not fit (disk full), commits grow the file frame by frame
+#: and the writer tries the zeros again only this many seconds later.
+PREALLOC_RETRY_S = 1.0
+
 #: Committers block (back-pressure) while this many bytes wait for an epoch.
 PENDING_BYTES_MAX = 64 * MIB
 

@@ -46,7 +46,13 @@ from udrflow._clock import Clock
 from udrflow._ext import _frame
 from udrflow._ext._fastio import HAVE_START_WRITEBACK, pwrite_all, start_writeback
 from udrflow._fileio import FileIO
-from udrflow._limits import EPOCH_BYTES_MAX, PENDING_BYTES_MAX, PREALLOC_STEP_BYTES, SEGMENT_HEADER_BYTES
+from udrflow._limits import (
+    EPOCH_BYTES_MAX,
+    PENDING_BYTES_MAX,
+    PREALLOC_RETRY_S,
+    PREALLOC_STEP_BYTES,
+    SEGMENT_HEADER_BYTES,
+)
 from udrflow.errors import (
     CommitOutcomeUnknownError,
     DatabaseClosedError,
@@ -191,6 +197,7 @@ class LogWriter:
     _write_offset = cython.declare(object, visibility="public")
     _fd = cython.declare(object, visibility="public")
     _prealloc_end = cython.declare(object, visibility="public")
+    _prealloc_retry_at = cython.declare(object, visibility="public")
     _unsynced = cython.declare(cython.bint, visibility="public")
     _unsynced_frames = cython.declare(object, visibility="public")
     _head = cython.declare(object, visibility="public")
@@ -246,6 +253,7 @@ class LogWriter:
         self._write_offset = last.end_offset
         self._fd = self._open_segment(last.path)
         self._prealloc_end = os.fstat(self._fd).st_size  # zeros beyond _write_offset, if any
+        self._prealloc_retry_at = 0.0  # after a failed zero-fill (disk full): when to try again
         self._unsynced = False
         # Commits written since the last successful fdatasync; stamped into each frame
         # (see _frame.pyx) so recovery can tell a torn unsynced run from damage.
@@ -565,16 +573,32 @@ class LogWriter:
     def _write_frames(self, segment: Segment, fd: int, buffers: list[bytes], end: int,
                       epoch_start: int, sealed_any: bool, unsynced_at_start: int) -> None:
         """Write ``buffers`` so they end at ``end``, first zero-filling ahead if needed."""
-        if end > self._prealloc_end:
-            fill_end = min(max(end, self._prealloc_end) + PREALLOC_STEP_BYTES,
-                           max(end, self._segment_size_bytes))
-            size = fill_end - self._prealloc_end
-            zeros = [_ZERO_BLOCK] * (size // len(_ZERO_BLOCK))
-            if size % len(_ZERO_BLOCK):
-                zeros.append(bytes(size % len(_ZERO_BLOCK)))
-            self._write(segment, fd, zeros, self._prealloc_end, epoch_start, sealed_any, unsynced_at_start)
-            self._prealloc_end = fill_end
+        if end > self._prealloc_end and _monotonic() >= self._prealloc_retry_at:
+            self._fill_ahead(segment, fd, end)
         self._write(segment, fd, buffers, end - sum(map(len, buffers)), epoch_start, sealed_any, unsynced_at_start)
+
+    def _fill_ahead(self, segment: Segment, fd: int, end: int) -> None:
+        """Zero-fill ahead of the log's end (PREALLOC_STEP_BYTES). Only an optimization: if
+        the zeros do not fit (disk full), take them back and let the frames grow the file,
+        so a commit that fits is written whatever room the zeros would have needed; the
+        next try is PREALLOC_RETRY_S later."""
+        start = self._prealloc_end
+        fill_end = min(max(end, start) + PREALLOC_STEP_BYTES, max(end, self._segment_size_bytes))
+        size = fill_end - start
+        zeros = [_ZERO_BLOCK] * (size // len(_ZERO_BLOCK))
+        if size % len(_ZERO_BLOCK):
+            zeros.append(bytes(size % len(_ZERO_BLOCK)))
+        try:
+            self._pwritev(fd, zeros, start)
+        except OSError as exc:
+            try:
+                self._io.ftruncate(fd, start)  # only zeros lie past ``start``: no frame is touched
+            except OSError as undo_exc:
+                raise _EpochFailed(self._poison_error("zeros written ahead could not be taken back", undo_exc),
+                                   True) from exc
+            self._prealloc_retry_at = _monotonic() + PREALLOC_RETRY_S
+            return
+        self._prealloc_end = fill_end
 
     def _cut(self, segment: Segment, fd: int, end: int) -> None:
         if self._prealloc_end > end:
