@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from udrflow._changefeed import OP_COLUMN, WEIGHT_COLUMN, read_changes
 from udrflow._fileio import make_dirs_durably, remove_file, write_file_durably
 from udrflow._names import check_name
+from udrflow._sealed import seal, unseal
 from udrflow.errors import (
     BranchNotFoundError,
     CorruptionError,
@@ -71,7 +72,7 @@ def read_meta(root: str, name: str) -> BranchMeta | None:
         raise BranchNotFoundError(f"branch {name!r} does not exist in {root} (branches: "
                                   f"{', '.join(list_names(root))})") from None
     try:
-        return msgspec.msgpack.decode(data, type=BranchMeta)
+        return msgspec.msgpack.decode(unseal(data, path, "branch file"), type=BranchMeta)
     except msgspec.DecodeError as exc:
         raise CorruptionError(f"branch file {path} does not decode: {exc}", path) from exc
 
@@ -113,16 +114,21 @@ def create(db, name: str, from_branch: str | None = None, at_version: int | None
     io = store.io
     snap = os.path.join(root, "catalog", name, f"{fork:020d}.snap")
     try:
+        # The name does not exist (no meta file), so anything under it is what a create or
+        # delete killed half-way left behind: it must not become part of the new branch
+        # (a segment of the deleted namesake would show its rows; one of an earlier fork,
+        # at other versions, would hide the new branch's writes).
+        _remove_branch_files(root, name)
         make_dirs_durably(io, os.path.dirname(snap))
         write_file_durably(io, snap, parent.catalog_snapshot(fork))
         log_dir = os.path.join(root, "log", name)
         make_dirs_durably(io, log_dir)
-        if not any(f.endswith(".seg") for f in os.listdir(log_dir)):
-            create_segment(io, log_dir, fork + 1)
-        # Last: the branch exists once its meta file does (a crash before leaves only
-        # files that a later create of the same name overwrites).
+        create_segment(io, log_dir, fork + 1)
+        # Last: the branch exists once its meta file does (written to a temp file, fsynced,
+        # renamed, directory fsynced). A crash before leaves only files that the next
+        # create of the name removes first.
         make_dirs_durably(io, os.path.join(root, "branches"))
-        write_file_durably(io, meta_path(root, name), msgspec.msgpack.encode(BranchMeta(source, fork)))
+        write_file_durably(io, meta_path(root, name), seal(msgspec.msgpack.encode(BranchMeta(source, fork))))
     except OSError as exc:
         raise storage_error_from_os(exc, f"create branch {name!r} in", root) from exc
     return fork
@@ -155,10 +161,20 @@ def delete(db, name: str) -> None:
     if name == db.branch:
         raise UsageError(f"branch {name!r} is open in this handle: delete it from a handle on another branch")
     db._store.close_branch(name)
+    io = db._store.io
     try:
-        remove_file(db._store.io, meta_path(root, name), f"branch {name!r}")
+        # First, durably: the branch is gone once its meta file is (unlink, then fsync of
+        # the directory). A crash after it leaves files that the next create removes.
+        remove_file(io, meta_path(root, name), f"branch {name!r}")
+        io.fsync_dir(os.path.join(root, "branches"))
     except OSError as exc:
         raise storage_error_from_os(exc, f"delete branch {name!r} in", root) from exc
+    _remove_branch_files(root, name)
+
+
+def _remove_branch_files(root: str, name: str) -> None:
+    """Every file of branch ``name`` but its meta file: log, checkpoints, catalog
+    snapshots, view state, retention."""
     for part in ("log", "checkpoints", "catalog", "views"):
         shutil.rmtree(os.path.join(root, part, name), ignore_errors=True)
     retention = os.path.join(root, "retention", f"{name}.msgpack")

@@ -25,6 +25,7 @@ except ImportError:  # running from source without Cython: see udrflow/_cython_s
 from udrflow._commit import AddColumn, Changes, Commit, CreateTable, DropTable, value_columns
 from udrflow._pyrows import encodable
 from udrflow._schema import schema_from_bytes, schema_to_bytes
+from udrflow._sealed import seal, unseal
 from udrflow.errors import CorruptionError
 
 
@@ -201,12 +202,12 @@ class Catalog:
             tdef = self.get(name, version)
             tables.append(_TableSnap(name, schema_to_bytes(tdef.schema), list(tdef.primary_key), tdef.created,
                                      tdef.defined, self.row_count(name, version)))
-        return _snap_encoder.encode(_CatalogSnap(version, tables))
+        return seal(_snap_encoder.encode(_CatalogSnap(version, tables)))
 
     @classmethod
     def from_snapshot(cls, data: bytes, path: str) -> Catalog:
         try:
-            snap = _snap_decoder.decode(data)
+            snap = _snap_decoder.decode(unseal(data, path, "catalog snapshot"))
         except msgspec.DecodeError as exc:
             raise CorruptionError(f"catalog snapshot {path} does not decode: {exc}", path) from exc
         catalog = cls()

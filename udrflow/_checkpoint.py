@@ -52,6 +52,7 @@ from udrflow._fold import (
 )
 from udrflow._schema import conform as conform_to
 from udrflow._schema import schema_from_bytes, schema_to_bytes
+from udrflow._sealed import seal, unseal
 from udrflow.errors import CorruptionError, storage_error_from_os
 
 CHUNK_ROWS_TARGET_LOG2 = 14       # ~16k rows per chunk on average
@@ -164,7 +165,7 @@ class CheckpointStore:
         path = self._path(table, created, version)
         try:
             with open(path, "rb") as f:
-                return _dec.decode(f.read())
+                return _dec.decode(unseal(f.read(), path, "checkpoint manifest"))
         except FileNotFoundError as exc:
             raise CorruptionError(f"checkpoint manifest {path} is missing", path) from exc
         except msgspec.DecodeError as exc:
@@ -360,7 +361,7 @@ class CheckpointStore:
         path = self._path(m.table, m.created, version)
         try:
             make_dirs_durably(self._io, os.path.dirname(path))
-            write_file_durably(self._io, path, _enc.encode(m))
+            write_file_durably(self._io, path, seal(_enc.encode(m)))
         except OSError as exc:
             raise storage_error_from_os(exc, "write the checkpoint manifest", path) from exc
         with self._lock:

@@ -59,6 +59,7 @@ from udrflow._limits import COMMIT_BODY_BYTES_MAX, COMMIT_INLINE_ROWS_BYTES_MAX
 from udrflow._pyrows import PyRows, encodable, key_values, rows_to_table
 from udrflow._schema import add_column_schema, check_table_schema, schema_to_bytes
 from udrflow._schema import conform as conform_to
+from udrflow._sealed import seal, unseal
 from udrflow.errors import (
     CorruptionError,
     InternalError,
@@ -333,7 +334,8 @@ class TableEngine:
     def _load_retention(self) -> dict[str, tuple[int, int]]:
         try:
             with open(self._retention_path, "rb") as f:
-                data = msgspec.msgpack.decode(f.read(), type=dict[str, tuple[int, int]])
+                data = msgspec.msgpack.decode(unseal(f.read(), self._retention_path, "retention file"),
+                                              type=dict[str, tuple[int, int]])
         except FileNotFoundError:
             return {}
         except msgspec.DecodeError as exc:
@@ -1391,7 +1393,7 @@ class TableEngine:
             changed[name] = v
         try:
             make_dirs_durably(self._io, os.path.dirname(self._retention_path))
-            write_file_durably(self._io, self._retention_path, msgspec.msgpack.encode(self._retention))
+            write_file_durably(self._io, self._retention_path, seal(msgspec.msgpack.encode(self._retention)))
         except OSError as exc:
             raise storage_error_from_os(exc, "write the retention file", self._retention_path) from exc
         return changed
