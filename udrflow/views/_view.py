@@ -29,8 +29,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import pickle
 import shutil
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -54,9 +56,10 @@ from udrflow._changefeed import (
 )
 from udrflow._clock import utc_now
 from udrflow._database import _view_writer
+from udrflow._ext._crc32c import crc32c
 from udrflow._limits import PY_ROWS_MAX
 from udrflow._names import check_new_name
-from udrflow.errors import TableExistsError, TableNotFoundError, UsageError
+from udrflow.errors import CorruptionError, TableExistsError, TableNotFoundError, UsageError
 from udrflow.views._plan import (
     SMALL_DELTA_ROWS_MAX,
     SmallDelta,
@@ -88,6 +91,7 @@ REGISTRY_SCHEMA = pa.schema([
 VIEW_VERSIONS_PER_STEP_MAX = 4096   # input versions folded into one step (bounds a step's memory)
 VIEW_IDLE_WAKE_MS = 1               # how soon an idle view source looks at the log again (read-only)
 VIEW_IDLE_WAIT_S = 0.005            # how long an idle view source waits for a commit in one call
+_log = logging.getLogger("udrflow.views")
 GROUP_DIR_PREFIX = "__udrflow_groups"  # recovery stores of views run together (no view has this name)
 VIEW_EPOCH_INTERVAL_S = 30.0        # Bytewax snapshot interval in the long-running mode: a snapshot
                                     # pickles and stores the whole state (a join side: all its rows),
@@ -307,11 +311,62 @@ class _FrozenViewState:
         self.data = data
 
     def __reduce__(self):
-        return (_thaw, (self.data,))
+        # The checksum travels with the state into the recovery store: one flipped bit
+        # there once made a view commit a count of 274,877,907,344 where 400 was true.
+        return (_thaw, (self.data, crc32c(self.data)))
 
 
-def _thaw(data: bytes) -> ViewState:
+def _thaw(data: bytes, crc: int | None = None) -> ViewState:
+    if crc is not None and crc32c(data) != crc:
+        raise CorruptionError(f"a view's state in its recovery store fails its checksum: expected 0x{crc:08x}, "
+                              f"got 0x{crc32c(data):08x} over {len(data)} bytes")
     return ViewState(pickle.loads(data))
+
+
+def _positions_crc(positions: dict) -> int:
+    return crc32c(repr(sorted(positions.items())).encode())
+
+
+def _check_recovery_store(rec: Path) -> str | None:
+    """Why the recovery store at ``rec`` cannot be trusted (a page fails SQLite's check, a
+    snapshot does not load or fails its checksum), or None if it is sound. Run before
+    Bytewax opens it, so a damaged store is found here, not as a panic inside a run."""
+    path = rec / "part-0.sqlite3"
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            check = con.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                return f"SQLite's check of {path} says: {check}"
+            for step_id, key, blob in con.execute("SELECT step_id, state_key, ser_change FROM snaps"):
+                if blob is None:
+                    continue
+                try:
+                    value = pickle.loads(blob)
+                except CorruptionError as exc:
+                    return f"{exc} (snapshot of {step_id!r}, key {key!r})"
+                if isinstance(value, dict) and "positions" in value:
+                    _source_positions(value)
+        finally:
+            con.close()
+    except CorruptionError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - any damage that keeps the store from loading
+        return f"{path} does not load: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _source_positions(resume_state) -> dict:
+    """The views' positions in a source snapshot (see _GroupPartition.snapshot)."""
+    if not isinstance(resume_state, dict):
+        return {}
+    if "positions" not in resume_state:
+        return resume_state  # written before snapshots carried a checksum
+    positions, crc = resume_state["positions"], resume_state.get("crc")
+    if crc != _positions_crc(positions):
+        raise CorruptionError(f"the views' source positions in their recovery store fail their checksum: "
+                              f"expected {crc!r}, got 0x{_positions_crc(positions):08x}")
+    return positions
 
 
 def _keys_of(table: pa.Table, pk: list[str]) -> list:
@@ -457,6 +512,15 @@ def _run_dataflow(views: list[View], until: int | None, epoch_interval_s: float 
     for v in views:
         v._row = None  # the registry row, read once per run (only this view writes it)
     rec = _group_recovery_dir(views)
+    if (rec / "part-0.sqlite3").exists():
+        damage = _check_recovery_store(rec)
+        if damage is not None:
+            # Detected, and harmless once dropped: without a store, each view rebuilds its
+            # state from its inputs at the version its table reflects (as on a first run).
+            names = ", ".join(repr(v.name) for v in views)
+            _log.warning("udrflow: the recovery store of view(s) %s is damaged and is rebuilt from the inputs: %s",
+                         names, damage)
+            shutil.rmtree(rec, ignore_errors=True)
     if not (rec / "part-0.sqlite3").exists():
         if len(views) > 1:  # stores of other sets of views are stale now
             shutil.rmtree(rec.parent.parent, ignore_errors=True)
@@ -504,7 +568,7 @@ class _ViewSource(FixedPartitionedSource):
         return ["views"]
 
     def build_part(self, step_id: str, for_part: str, resume_state):
-        positions = resume_state if isinstance(resume_state, dict) else {}
+        positions = _source_positions(resume_state)
         return _GroupPartition([_ViewReader(v, self._until, positions.get(v._key)) for v in self._views])
 
 
@@ -546,7 +610,8 @@ class _GroupPartition(StatefulSourcePartition):
         return utc_now() + dt.timedelta(milliseconds=VIEW_IDLE_WAKE_MS)
 
     def snapshot(self):
-        return {r.key: r.snapshot() for r in self._readers}
+        positions = {r.key: r.snapshot() for r in self._readers}
+        return {"positions": positions, "crc": _positions_crc(positions)}
 
 
 class _ViewReader:
