@@ -136,16 +136,32 @@ class CheckpointStore:
         self._lock = threading.Lock()
         self._index: dict[tuple[str, int], list[int]] = {}  # (table, created) -> sorted versions
         self._bases: dict[tuple[str, int, int], int] = {}   # manifest -> its base (0: full), read lazily
-        if os.path.isdir(root):
-            for table in os.listdir(root):
-                tdir = os.path.join(root, table)
-                for name in os.listdir(tdir):
+        self._index = self._scan()
+
+    def _scan(self) -> dict[tuple[str, int], list[int]]:
+        index: dict[tuple[str, int], list[int]] = {}
+        if os.path.isdir(self.root):
+            for table in os.listdir(self.root):
+                tdir = os.path.join(self.root, table)
+                try:
+                    names = os.listdir(tdir)
+                except FileNotFoundError:  # (a reader beside the writer's gc)
+                    continue
+                for name in names:
                     if not name.endswith(_SUFFIX) or ".tmp-" in name:
                         continue
                     created, _, version = name[: -len(_SUFFIX)].partition("-")
-                    self._index.setdefault((table, int(created)), []).append(int(version))
-            for versions in self._index.values():
+                    index.setdefault((table, int(created)), []).append(int(version))
+            for versions in index.values():
                 versions.sort()
+        return index
+
+    def reload(self) -> None:
+        """Readers: list the manifests on disk again (the writer adds some and its gc
+        removes others)."""
+        index = self._scan()
+        with self._lock:
+            self._index = index
 
     def _path(self, table: str, created: int, version: int) -> str:
         return os.path.join(self.root, table, f"{created:020d}-{version:020d}{_SUFFIX}")

@@ -8,9 +8,9 @@ from udrflow.errors import InvalidNameError
 
 NAME_BYTES_MAX = 128
 RESERVED_TABLE_NAMES = frozenset({"__changelog"})
-#: Tables udrflow keeps for itself (the view registry, ``__udrflow_views``): only udrflow
-#: creates them (``internal=True``).
-RESERVED_TABLE_PREFIX = "__udrflow"
+#: Tables udrflow keeps for itself and reads with a schema it expects: only udrflow creates
+#: them (``internal=True``). A user table named like the view registry broke every write.
+INTERNAL_TABLE_NAMES = frozenset({"__udrflow_views"})
 _ALLOWED = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 
@@ -18,9 +18,8 @@ def check_new_name(name: object, kind: str, *, internal: bool = False) -> str:
     """``check_name`` for a table or view about to be created: also refuses the names
     udrflow reserves for its own tables, unless udrflow itself (``internal``) creates one."""
     check_name(name, kind)
-    if name.startswith(RESERVED_TABLE_PREFIX) and not internal:
-        raise InvalidNameError(f"{kind} name {name!r} is reserved: names starting with {RESERVED_TABLE_PREFIX!r} "
-                               f"belong to udrflow's own tables")
+    if name in INTERNAL_TABLE_NAMES and not internal:
+        raise InvalidNameError(f"{kind} name {name!r} is reserved: it is udrflow's own table (the view registry)")
     return name
 
 

@@ -395,6 +395,24 @@ class TableEngine:
         return version
 
     def read(self, name: str, version: int | None = None) -> pa.Table:
+        try:
+            return self._read(name, version)
+        except CorruptionError as exc:
+            # A reader beside the writer's gc: a checkpoint, chunk or segment it knew of is
+            # gone. That is no damage if retention removed it: take in what gc changed,
+            # then either the read works or the version is below since now.
+            if not self.log.readonly or exc.path is None or os.path.exists(exc.path):
+                raise
+            self.catch_up_with_gc()
+            return self._read(name, version)
+
+    def catch_up_with_gc(self) -> None:
+        """Readers: take in the writer's retention and gc (since, checkpoints, segments)."""
+        self._retention = self._load_retention()
+        self.checkpoints.reload()
+        self.log.forget_removed_segments()
+
+    def _read(self, name: str, version: int | None = None) -> pa.Table:
         v = self.resolve_version(version)
         if self.parent is not None and v <= self.fork:
             return self.parent.read(name, v)

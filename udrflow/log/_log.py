@@ -273,6 +273,17 @@ class EpochLog:
             raise ReadOnlyError(f"the log of {self.directory} is open read-only: open it without readonly=True to write")
         return self._writer
 
+    def forget_removed_segments(self) -> int:
+        """Reader only: stop indexing leading segments the writer's gc removed (``since``
+        moves up to the first one left, so reads below it are VersionNotFoundError, not a
+        missing file). Returns the new ``since``."""
+        if not self.readonly:
+            return self.since
+        with self._refresh_lock:
+            while len(self._segments) > 1 and not os.path.exists(self._segments[0].path):
+                self._segments.pop(0).close()
+        return self.since
+
     def drop_segments_before(self, version: int) -> list[str]:
         """Writer only: delete every sealed segment whose commits are all below ``version``
         (retention); ``since`` becomes the first version left. Returns the deleted paths."""
