@@ -15,6 +15,7 @@ cheap and sees the same commits at once. The store closes with its last handle.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
 
@@ -44,6 +45,7 @@ from udrflow.errors import (
 )
 from udrflow.log import Durability, EpochLog
 
+_log = logging.getLogger("udrflow")
 MARKER_NAME = "UDRFLOW"
 _VIEW_REGISTRY = "__udrflow_views"
 # Set while a view's own maintenance writes its table (the only writer allowed there).
@@ -83,7 +85,11 @@ class _Store:
             o = self.options
             log = EpochLog.open(os.path.join(self.path, "log", branch), readonly=self.readonly,
                                 durability=o["durability"], fsync_interval_ms=o["fsync_interval_ms"],
-                                segment_size_bytes=o["segment_size_bytes"], io=o["io"], clock=o["clock"])
+                                segment_size_bytes=o["segment_size_bytes"], io=o["io"], clock=o["clock"],
+                                salvage=o["salvage"])
+            if log.damage is not None:
+                _log.warning("udrflow: opened %s for salvage: serving versions up to %d; %s", self.path,
+                             log.version, log.damage)
             self.logs[branch] = log
         return log
 
@@ -136,7 +142,7 @@ _stores_lock = threading.Lock()
 def open(path: str | os.PathLike, *, branch: str = DEFAULT_BRANCH, readonly: bool = False, create: bool = True,
          durability: str = Durability.SYNC, fsync_interval_ms: int = FSYNC_INTERVAL_MS_DEFAULT,
          segment_size_bytes: int = SEGMENT_SIZE_BYTES_DEFAULT, io: FileIO | None = None,
-         clock: Clock | None = None) -> Database:
+         clock: Clock | None = None, salvage: bool = False) -> Database:
     """Open the database at ``path`` (a directory), creating it if missing.
 
     >>> import tempfile, udrflow
@@ -156,12 +162,18 @@ def open(path: str | os.PathLike, *, branch: str = DEFAULT_BRANCH, readonly: boo
       ``udrflow.log.Durability``. Fixed by the first handle of the process.
     - ``fsync_interval_ms``: the interval for ``"interval"`` durability.
     - ``segment_size_bytes``: the size at which a new log segment file is started.
+    - ``salvage``: with ``readonly=True`` only. ``True`` opens a database whose log is
+      damaged in the middle and serves every version before the first bad frame
+      (``db.log.damage`` names it: file, byte, version); ``False`` (default) raises that
+      CorruptionError instead. ``udrflow recover`` copies what it serves into a new database.
     - ``io`` / ``clock``: test doubles (``udrflow.testing``).
     """
     path = os.path.abspath(os.fspath(path))
     check_name(branch, "branch")
+    if salvage and not readonly:
+        raise InvalidOptionError("salvage=True needs readonly=True: a damaged log can be read, never appended to")
     options = dict(durability=durability, fsync_interval_ms=fsync_interval_ms,
-                   segment_size_bytes=segment_size_bytes, io=io, clock=clock)
+                   segment_size_bytes=segment_size_bytes, io=io, clock=clock, salvage=bool(salvage))
     with _stores_lock:
         key = (os.path.realpath(path) if os.path.exists(path) else path, readonly)
         store = _stores.get(key)
@@ -169,10 +181,11 @@ def open(path: str | os.PathLike, *, branch: str = DEFAULT_BRANCH, readonly: boo
             _prepare_directory(path, readonly, create, io or FileIO())
             store = _Store(path, readonly, options)
             _stores[key] = store
-        elif any(options[k] != store.options[k] for k in ("durability", "io", "clock")):
+        elif any(options[k] != store.options[k] for k in ("durability", "io", "clock", "salvage")):
             raise InvalidOptionError(
-                f"database {path} is already open in this process with durability={store.options['durability']!r}: "
-                f"expected the same options on every open of it, got durability={durability!r}")
+                f"database {path} is already open in this process with durability={store.options['durability']!r}, "
+                f"salvage={store.options['salvage']!r}: expected the same options on every open of it, got "
+                f"durability={durability!r}, salvage={salvage!r}")
         try:
             store.log(branch)
         except BaseException:
@@ -218,7 +231,7 @@ class _BranchName(str):
         o = self._db._store.options  # the same store: the same options
         return udrflow.open(self._db.path, branch=name, readonly=self._db.readonly, durability=o["durability"],
                             fsync_interval_ms=o["fsync_interval_ms"], segment_size_bytes=o["segment_size_bytes"],
-                            io=o["io"], clock=o["clock"])
+                            io=o["io"], clock=o["clock"], salvage=o["salvage"])
 
 
 class Database:

@@ -61,6 +61,8 @@ def _verify_log(db, out) -> None:
                 raise
             log.forget_removed_segments()  # the writer's gc moved since: scan from there
             continue
+        if log.damage is not None:  # (a handle opened with salvage=True)
+            raise log.damage
         out(f"ok: log of branch {db.branch}: versions {log.since}..{log.version} ({count} commits, "
             f"{payload_bytes} payload bytes) in {len(log.segment_paths)} segment(s), every frame checksum verified")
         return

@@ -5,7 +5,7 @@ environment variable. Errors print one line naming what was expected and found, 
 exit with status 1 (2 for usage errors, as argparse does).
 
 Commands today: ``init``, ``tables``, ``read``, ``sql``, ``log``, ``subscribe``, ``views``, ``verify``,
-``gc``, ``ingest kafka``, ``sink kafka``, ``demo``. (``branch``, ``diff``, ``merge`` arrive with
+``gc``, ``recover``, ``ingest kafka``, ``sink kafka``, ``demo``. (``branch``, ``diff``, ``merge`` arrive with
 the features they drive.)
 """
 
@@ -203,6 +203,14 @@ def cmd_verify(args) -> int:
     with udrflow.open(_db_path(args), readonly=True, create=False, branch=args.branch) as db:
         damaged = verify(db)
     return 1 if damaged else 0
+
+
+def cmd_recover(args) -> int:
+    """Salvage: see udrflow/_recover.py. Exit 0 when nothing was lost, 1 when versions were."""
+    from udrflow._recover import recover
+
+    report = recover(_db_path(args), args.out)
+    return 1 if report["lost_versions"] or report["bad_chunks"] else 0
 
 
 def cmd_subscribe(args) -> int:
@@ -409,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_verify, "verify every log checksum, chunk hash and checkpoint, and read every table "
                                   "(no writer lock taken)")
     p.add_argument("--branch", default="main")
+    p = add("recover", cmd_recover, "copy the intact prefix of a damaged database (every commit before the first "
+                                    "bad frame) into a new database, and report what was lost")
+    p.add_argument("--out", required=True, help="the new database directory (must not exist, or be empty)")
     p = add("subscribe", cmd_subscribe, "stream the row changes of tables from a version on, then follow new "
                                         "commits until interrupted")
     p.add_argument("tables", nargs="*", help="tables to follow (default: all)")

@@ -103,6 +103,8 @@ class EpochLog:
     _writer = cython.declare(object, visibility="public")
     _refresh_lock = cython.declare(object, visibility="public")
     _watcher = cython.declare(object, visibility="public")
+    salvage = cython.declare(cython.bint, visibility="public")
+    damage = cython.declare(object, visibility="public")
 
     def __init__(self, directory: str, recovered: Recovered, readonly: bool) -> None:
         self.directory = directory
@@ -119,13 +121,22 @@ class EpochLog:
         self._writer: LogWriter | None = None
         self._refresh_lock = threading.Lock()
         self._watcher: HeadWatcher | None = None
+        # Salvage (readers only): at the first damaged frame, stop there and serve every
+        # version before it instead of raising; ``damage`` is the CorruptionError that names it.
+        self.salvage = False
+        self.damage: CorruptionError | None = None
 
     @classmethod
     def open(cls, directory: str, *, readonly: bool = False, durability: str = Durability.SYNC,
              fsync_interval_ms: int = FSYNC_INTERVAL_MS_DEFAULT,
              segment_size_bytes: int = SEGMENT_SIZE_BYTES_DEFAULT,
-             io: FileIO | None = None, clock: Clock | None = None) -> EpochLog:
+             io: FileIO | None = None, clock: Clock | None = None, salvage: bool = False) -> EpochLog:
         """Open (a writer creates it if missing) and recover the log in ``directory``.
+
+        ``salvage=True`` (readers only): a log damaged in the middle opens anyway and
+        serves every version before the first bad frame; ``log.damage`` is the
+        CorruptionError naming it (None when the log is whole). Without it, such a log
+        raises that CorruptionError.
 
         ``durability``: ``"sync"`` | ``"interval"`` | ``"none"`` (see :class:`Durability`).
         ``segment_size_bytes``: start a new segment file past this size
@@ -148,6 +159,7 @@ class EpochLog:
             if not os.path.isdir(directory):
                 raise DatabaseNotFoundError(f"no log at {directory}: the directory does not exist")
             log = cls(directory, Recovered([], []), readonly=True)
+            log.salvage = salvage
             try:
                 log.refresh()
             except BaseException:
@@ -467,51 +479,66 @@ class EpochLog:
         head = read_head(self.directory)
         if head is not None and head.version <= self._visible_version:
             return self._visible_version
+        if self.damage is not None:
+            return self._visible_version  # a salvaged log ends at its damage
         with self._refresh_lock:
-            if not self._segments:
-                first = self._first_segment_on_disk()
-                if first is None:
-                    return 0
-                self._segments.append(self._reader_segment(first))
-                # A log that starts later (a branch, or after gc) is at least at the version
-                # before its first segment, as the writer sees it too.
-                self._visible_version = max(self._visible_version, first - 1)
-            while True:
-                segment = self._segments[-1]
-                newer_published = head is not None and head.segment_first_version > segment.first_version
-                # A segment is sealed once a successor exists; the writer fsynced it whole first.
-                sealed = newer_published or (head is None and self._later_segment_exists(segment))
-                try:
-                    size = os.fstat(segment.read_fd()).st_size
-                except OSError as exc:
-                    raise storage_error_from_os(exc, "read the log segment", segment.path) from exc
-                bound = size
-                if head is not None and head.segment_first_version == segment.first_version:
-                    bound = min(size, head.end_offset)
-                if bound > segment.end_offset:
-                    start = segment.end_offset
-                    data = os.pread(segment.read_fd(), bound - start, start)
-                    outcome = scan_segment(segment, data, start, last_segment=not sealed)
-                    if outcome.case.action is Action.CORRUPT:
-                        raise corruption(outcome, segment.path)
-                    self._visible_version = segment.last_version
-                if not sealed:
-                    break
-                if segment.count == 0:
-                    # The writer seals a segment only once it holds a frame; an empty sealed
-                    # segment means its frames were lost (and the next name would be its own).
-                    raise CorruptionError(
-                        f"sealed segment {os.path.basename(segment.path)} holds no frames: expected at least one "
-                        f"before the next segment [recovery case 'segment_gap'; file {segment.path}]",
-                        segment.path, SEGMENT_HEADER_BYTES, segment.first_version)
-                next_path = os.path.join(self.directory, segment_name(segment.last_version + 1))
-                if not os.path.exists(next_path):
-                    raise CorruptionError(
-                        f"segment {segment_name(segment.last_version + 1)} is missing: HEAD says the log continues "
-                        f"past version {segment.last_version} [recovery case 'segment_gap'; directory {self.directory}]",
-                        next_path, 0, segment.last_version + 1)
-                self._segments.append(self._reader_segment(segment.last_version + 1))
-            return self._visible_version
+            try:
+                return self._refresh_locked(head)
+            except CorruptionError as exc:
+                if not self.salvage:
+                    raise
+                # Every frame before the damage was indexed and checked: serve those.
+                self.damage = exc
+                if self._segments:
+                    self._visible_version = max(self._visible_version, self._segments[-1].last_version)
+                return self._visible_version
+
+    def _refresh_locked(self, head) -> int:
+        """``refresh`` with its lock held: index what was published since."""
+        if not self._segments:
+            first = self._first_segment_on_disk()
+            if first is None:
+                return 0
+            self._segments.append(self._reader_segment(first))
+            # A log that starts later (a branch, or after gc) is at least at the version
+            # before its first segment, as the writer sees it too.
+            self._visible_version = max(self._visible_version, first - 1)
+        while True:
+            segment = self._segments[-1]
+            newer_published = head is not None and head.segment_first_version > segment.first_version
+            # A segment is sealed once a successor exists; the writer fsynced it whole first.
+            sealed = newer_published or (head is None and self._later_segment_exists(segment))
+            try:
+                size = os.fstat(segment.read_fd()).st_size
+            except OSError as exc:
+                raise storage_error_from_os(exc, "read the log segment", segment.path) from exc
+            bound = size
+            if head is not None and head.segment_first_version == segment.first_version:
+                bound = min(size, head.end_offset)
+            if bound > segment.end_offset:
+                start = segment.end_offset
+                data = os.pread(segment.read_fd(), bound - start, start)
+                outcome = scan_segment(segment, data, start, last_segment=not sealed)
+                if outcome.case.action is Action.CORRUPT:
+                    raise corruption(outcome, segment.path)
+                self._visible_version = segment.last_version
+            if not sealed:
+                break
+            if segment.count == 0:
+                # The writer seals a segment only once it holds a frame; an empty sealed
+                # segment means its frames were lost (and the next name would be its own).
+                raise CorruptionError(
+                    f"sealed segment {os.path.basename(segment.path)} holds no frames: expected at least one "
+                    f"before the next segment [recovery case 'segment_gap'; file {segment.path}]",
+                    segment.path, SEGMENT_HEADER_BYTES, segment.first_version)
+            next_path = os.path.join(self.directory, segment_name(segment.last_version + 1))
+            if not os.path.exists(next_path):
+                raise CorruptionError(
+                    f"segment {segment_name(segment.last_version + 1)} is missing: HEAD says the log continues "
+                    f"past version {segment.last_version} [recovery case 'segment_gap'; directory {self.directory}]",
+                    next_path, 0, segment.last_version + 1)
+            self._segments.append(self._reader_segment(segment.last_version + 1))
+        return self._visible_version
 
     def _reader_segment(self, first_version: int) -> Segment:
         path = os.path.join(self.directory, segment_name(first_version))
