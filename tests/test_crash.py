@@ -369,6 +369,8 @@ def test_power_loss_inside_one_epoch_is_a_torn_tail(tmp_path):
     with EpochLog.open(log_dir) as log:
         acked = [log.append(payload_for(make_key(1, 0, c), 0)) for c in range(3)]
         durable_end = log._segments[-1].end_offset  # the file itself may extend past it (preallocated zeros)
+        with open(os.path.join(log_dir, "HEAD"), "rb") as f:
+            head_before = f.read()  # the power fails before the epoch's fdatasync returns: no HEAD after it
         # The unacknowledged epoch: a 5 KB frame that crosses a page boundary, then small ones.
         epoch = [b"a" * 5000] + [b"b" * 40, b"c" * 40, b"d" * 40]
         log.append_batch(epoch)
@@ -379,6 +381,8 @@ def test_power_loss_inside_one_epoch_is_a_torn_tail(tmp_path):
     with open(seg, "r+b") as f:
         f.seek(durable_end)
         f.write(bytes(lost_page_end - durable_end))
+    with open(os.path.join(log_dir, "HEAD"), "wb") as f:
+        f.write(head_before)
     size = os.path.getsize(seg)
     with EpochLog.open(log_dir) as log:  # today: CorruptionError [recovery case 'bad_checksum_mid_log']
         assert log.version == len(acked)

@@ -1,8 +1,11 @@
 """The HEAD file: where the writer tells other processes how far the log is visible.
 
 After each epoch the writer overwrites ``HEAD`` in place with (version, segment, end
-offset) and a checksum. It is a hint, not a source of truth: it is never fsynced, and
-recovery ignores it. Readers in other processes use it for two things: to know how far
+offset) and a checksum. It is a hint, not a source of truth: it is never fsynced. One
+use in recovery: a HEAD written after its epoch's fdatasync (format 2, ``synced``) proves
+that every frame up to its end offset was durable, so a damaged frame below it is
+corruption, never a torn tail to cut (a bit flip in the last frames would otherwise drop
+acknowledged commits silently). Readers in other processes use it for two things: to know how far
 they may read without meeting a frame that is still being written, and (its change
 wakes them) to follow the tail. A torn read of HEAD fails its checksum and is retried.
 """
@@ -35,10 +38,11 @@ class Head:
     version: int
     segment_first_version: int
     end_offset: int
+    synced: bool = False  # written after the fdatasync of every frame up to end_offset
 
 
 def encode_head(head: Head) -> bytes:
-    body = _BODY.pack(_MAGIC, 1, head.version, head.segment_first_version, head.end_offset)
+    body = _BODY.pack(_MAGIC, 2 if head.synced else 1, head.version, head.segment_first_version, head.end_offset)
     return body + struct.pack("<I", crc32c(body))
 
 
@@ -49,9 +53,9 @@ def decode_head(data: bytes) -> Head | None:
     if struct.unpack_from("<I", data, _BODY.size)[0] != crc32c(body):
         return None
     magic, fmt, version, seg, end = _BODY.unpack(body)
-    if magic != _MAGIC or fmt != 1:
+    if magic != _MAGIC or fmt not in (1, 2):
         return None
-    return Head(version, seg, end)
+    return Head(version, seg, end, fmt == 2)
 
 
 @cython.cclass
@@ -69,9 +73,9 @@ class HeadWriter:
         self.path = os.path.join(directory, HEAD_NAME)
         self._fd = io.open(self.path, os.O_RDWR | os.O_CREAT)
 
-    def publish(self, version: int, segment_first_version: int, end_offset: int) -> None:
+    def publish(self, version: int, segment_first_version: int, end_offset: int, synced: bool = False) -> None:
         # On the commit path of every epoch: pack directly, no intermediate objects.
-        body = _pack_body(_MAGIC, 1, version, segment_first_version, end_offset)
+        body = _pack_body(_MAGIC, 2 if synced else 1, version, segment_first_version, end_offset)
         self._pwritev(self._fd, [body + _pack_crc(crc32c(body))], 0)
 
     def close(self) -> None:

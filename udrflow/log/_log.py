@@ -170,7 +170,7 @@ class EpochLog:
             make_dirs_durably(io, directory)
         except OSError as exc:
             raise storage_error_from_os(exc, "create the log directory", directory) from exc
-        recovered = recover(directory, io, writable=True)
+        recovered = recover(directory, io, writable=True, head=read_head(directory))
         if not recovered.segments:
             try:
                 path = create_segment(io, directory, 1)

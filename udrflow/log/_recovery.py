@@ -192,11 +192,13 @@ class Recovered:
     truncated: list[tuple[str, int, int]]  # (path, offset, bytes cut) per torn tail
 
 
-def recover(directory: str, io: FileIO, writable: bool) -> Recovered:
+def recover(directory: str, io: FileIO, writable: bool, head=None) -> Recovered:
     """Open every segment in ``directory``, apply the decision table, and return the index.
 
     A writer truncates a torn tail (and fsyncs the truncation before anything new is
     appended); a reader leaves the files alone and simply stops where the writer would cut.
+    ``head``: the HEAD file's content, if any. A ``synced`` HEAD proves its frames were
+    durable, so a "torn tail" below its end offset is damage: CorruptionError, no cut.
     """
     try:
         names = sorted(os.listdir(directory))
@@ -238,6 +240,13 @@ def recover(directory: str, io: FileIO, writable: bool) -> Recovered:
         action = outcome.case.action
         if action is Action.CORRUPT:
             raise corruption(outcome, path)
+        if (action is Action.TRUNCATE and head is not None and head.synced and head.segment_first_version == first
+                and outcome.stop_offset < head.end_offset):
+            raise CorruptionError(
+                f"damaged frame in segment {name} at byte {outcome.stop_offset} (version {outcome.next_version}): "
+                f"HEAD says versions up to {head.version} were durable through byte {head.end_offset}, so this is "
+                f"not a torn tail to cut [recovery case 'damage_below_head'; file {path}]",
+                path, outcome.stop_offset, outcome.next_version)
         if action is Action.TRUNCATE:
             cut = size - outcome.stop_offset
             if writable:

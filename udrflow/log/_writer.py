@@ -668,7 +668,7 @@ class LogWriter:
         if not self._head_ok:
             return
         try:
-            self._head.publish(version, segment_first_version, end_offset)
+            self._head.publish(version, segment_first_version, end_offset, self._durability == Durability.SYNC)
         except OSError:
             self._head_ok = False
 
