@@ -22,10 +22,13 @@ import os
 import shutil
 from collections.abc import Callable
 
+import msgspec
+
 from udrflow._checkpoint import CheckpointStore
 from udrflow._commit import decode_header
 from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
-from udrflow.errors import CorruptionError, UsageError
+from udrflow._sealed import seal, unseal
+from udrflow.errors import CorruptionError, UdrflowError, UsageError
 from udrflow.log._head import read_head
 from udrflow.log._segment import create_segment
 
@@ -69,10 +72,13 @@ def recover(source_path: str, out_path: str, out: Callable[[str], None] = print)
         needed = _copy_log(src, out_path, since, last, report)
         needed |= _copy_checkpoints(src, io, out_path, last, report)
         _copy_chunks(src, io, out_path, needed, report)
-        _copy_small_files(io, source_path, out_path, since)
+        _copy_small_files(io, source_path, out_path, since, last)
     with open_database(out_path) as copy:  # the copy opens, its catalog loads, its tables read
         for name in copy.tables():
-            copy.read(name)
+            try:
+                copy.read(name)
+            except UdrflowError as exc:
+                report.setdefault("unreadable_tables", []).append(f"{name}: {exc}")
     _say(report, source_path, out_path, out)
     return report
 
@@ -149,7 +155,7 @@ def _copy_chunks(src, io: FileIO, out_path: str, needed: set[str], report: dict)
         report["chunks"] += 1
 
 
-def _copy_small_files(io: FileIO, source_path: str, out_path: str, since: int) -> None:
+def _copy_small_files(io: FileIO, source_path: str, out_path: str, since: int, last: int) -> None:
     if since > 1:
         name = f"{since - 1:020d}.snap"
         snap = os.path.join(source_path, "catalog", BRANCH, name)
@@ -158,10 +164,15 @@ def _copy_small_files(io: FileIO, source_path: str, out_path: str, since: int) -
         shutil.copyfile(snap, target)
     retention = os.path.join(source_path, "retention", f"{BRANCH}.msgpack")
     if os.path.exists(retention):
+        with open(retention, "rb") as f:
+            entries = msgspec.msgpack.decode(unseal(f.read(), retention, "retention file"),
+                                             type=dict[str, tuple[int, int]])
+        # A since past the copy's last version would make its head unreadable; the log the
+        # copy holds still folds every version from its start, so cap it there.
+        entries = {name: (created, min(version, last)) for name, (created, version) in entries.items()}
         target = os.path.join(out_path, "retention", f"{BRANCH}.msgpack")
         make_dirs_durably(io, os.path.dirname(target))
-        with open(retention, "rb") as f:
-            write_file_durably(io, target, f.read())
+        write_file_durably(io, target, seal(msgspec.msgpack.encode(entries)))
 
 
 def _say(report: dict, source_path: str, out_path: str, out) -> None:
@@ -174,6 +185,8 @@ def _say(report: dict, source_path: str, out_path: str, out) -> None:
         out("lost: nothing (the log was whole)")
     for bad in report["bad_chunks"]:
         out(f"lost: a damaged chunk ({bad}): reads that need it will fail")
+    for bad in report.get("unreadable_tables", []):
+        out(f"lost: table {bad}")
     for bad in report.get("bad_checkpoints", []):
         out(f"skipped: a damaged checkpoint ({bad}): reads fold the log instead")
     if report["branches_not_copied"]:
