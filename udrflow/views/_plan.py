@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from udrflow._changefeed import py_array
 from udrflow.errors import SchemaError, UsageError
+from udrflow.views import _exact
 from udrflow.views._expr import Expr, _quote, as_expr
 
 W = "__weight"
@@ -608,6 +609,18 @@ class _GroupState:
         self.nonnull: list[np.ndarray | None] = [None] * n_aggs  # non-null values (count(col), sum, avg)
         self.bags: list[list | None] = [None] * n_aggs    # min/max/count_distinct: slot -> {value: count}
         self.extreme: list[list | None] = [None] * n_aggs  # min/max: slot -> current value
+        # Float sum/avg: the exact sum (see _exact.py) and the +inf/-inf/NaN counts per
+        # slot; ``sums`` then holds that sum rounded once, the same whatever the path.
+        self.exact: list[list | None] = [None] * n_aggs
+        self.special: list[np.ndarray | None] = [None] * n_aggs
+
+    def __setstate__(self, state: dict) -> None:
+        # A state snapshotted before float sums were exact: start them from the float sums.
+        self.__dict__.update(state)
+        if "exact" not in state:
+            self.exact = [None if a is None or a.dtype != np.float64 else [_exact.exact_of(x) if np.isfinite(x) else 0
+                                                                          for x in a.tolist()] for a in self.sums]
+            self.special = [None if e is None else np.zeros((len(e), 3), np.int64) for e in self.exact]
 
     def grow(self, n: int) -> None:
         def g(a):
@@ -615,6 +628,11 @@ class _GroupState:
         self.rows = g(self.rows)
         self.sums = [g(a) for a in self.sums]
         self.nonnull = [g(a) for a in self.nonnull]
+        for e in self.exact:
+            if e is not None:
+                e.extend([0] * n)
+        self.special = [None if a is None else np.concatenate([a, np.zeros((n, 3), np.int64)])
+                        for a in self.special]
         for lst in (self.bags, self.extreme):
             for b in lst:
                 if b is not None:
@@ -677,6 +695,9 @@ class GroupBy(Stream):
                 if agg.func in ("sum", "avg"):
                     t = self.children[0].schema.field(agg.column).type
                     s.sums[i] = np.zeros(0, np.float64 if pa.types.is_floating(t) or agg.func == "avg" else np.int64)
+                    if pa.types.is_floating(t):
+                        s.exact[i] = []
+                        s.special[i] = np.zeros((0, 3), np.int64)
                 if agg.func in ("sum", "avg", "count") and agg.column is not None:
                     s.nonnull[i] = np.zeros(0, np.int64)
                 if agg.func in ("min", "max", "count_distinct"):
@@ -706,7 +727,11 @@ class GroupBy(Stream):
                 v = d.column(agg.column)
                 present = pc.is_valid(v).to_numpy(zero_copy_only=False)
                 np.add.at(s.nonnull[i], row_slots, np.where(present, w, 0))
-                if s.sums[i] is not None:
+                if s.exact[i] is not None:
+                    vals = pc.fill_null(v, 0).to_numpy(zero_copy_only=False)
+                    _exact.add_batch(s.exact[i], s.special[i], row_slots, vals, present, w)
+                    self._round(s, i, slots.tolist())
+                elif s.sums[i] is not None:
                     vals = pc.fill_null(v, 0).to_numpy(zero_copy_only=False).astype(s.sums[i].dtype)
                     np.add.at(s.sums[i], row_slots, vals * w)
             if s.bags[i] is not None:
@@ -775,11 +800,16 @@ class GroupBy(Stream):
             if nonnull is None:
                 continue
             sums = s.sums[i]
+            exact = s.exact[i]
             for slot, value, dw in zip(slots, pycol(d, column), w, strict=True):
                 if value is not None:
                     nonnull[slot] += dw
-                    if sums is not None:
+                    if exact is not None:
+                        _exact.add_one(exact, s.special[i], slot, float(value), dw)
+                    elif sums is not None:
                         sums[slot] += value * dw
+            if exact is not None:
+                self._round(s, i, changed)
         minus, plus = [], []
         for j in changed:
             old_n, old_values = before[j]
@@ -804,6 +834,13 @@ class GroupBy(Stream):
         lists += [[values[i] for _, values in entries] for i in range(len(agg_types))]
         lists.append([-1] * len(minus) + [1] * len(plus))
         return SmallDelta(out_schema, dict(zip(out_names, lists, strict=True)), len(entries))
+
+    @staticmethod
+    def _round(s: _GroupState, i: int, slots: list[int]) -> None:
+        """Bring the float sums of ``slots`` up to their exact sums."""
+        sums, exact, special = s.sums[i], s.exact[i], s.special[i]
+        for j in slots:
+            sums[j] = _exact.rounded(exact[j], special[j])
 
     def _scalar_values(self, s: _GroupState, j: int, aggs: list | None = None) -> tuple:
         """Group ``j``'s aggregates as Python values (count/sum/avg only), as ``_values``."""
