@@ -26,6 +26,7 @@ source backfills: it reads the inputs at the starting version as one +1 change b
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import hashlib
 import json
@@ -34,6 +35,7 @@ import pickle
 import shutil
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 
 import bytewax.operators as op
@@ -59,7 +61,7 @@ from udrflow._database import _view_writer
 from udrflow._ext._crc32c import crc32c
 from udrflow._limits import PY_ROWS_MAX
 from udrflow._names import check_new_name
-from udrflow.errors import CorruptionError, TableExistsError, TableNotFoundError, UsageError
+from udrflow.errors import CorruptionError, TableExistsError, TableNotFoundError, UdrflowError, UsageError
 from udrflow.views._plan import (
     SMALL_DELTA_ROWS_MAX,
     SmallDelta,
@@ -477,6 +479,7 @@ class _Group:
             v._group = self
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name=f"udrflow-views-{','.join(v.name for v in self.views)}"[:60])
+        _running_groups.add(self)
         self.thread.start()
 
     def _run(self) -> None:
@@ -492,9 +495,39 @@ class _Group:
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
+        _running_groups.discard(self)
         for v in self.views:
             if v._group is self:
                 v._group = None
+        if thread is not None and not thread.is_alive():
+            self._record_positions()
+
+    def _record_positions(self) -> None:
+        """Steps that changed no rows are recorded only now and then while running; on stop,
+        record where each view got to, so ``input_version_at(head)`` is exact."""
+        behind = [(v, v.reached, empty_delta(v.definition.schema), True) for v in self.views
+                  if v.error is None and v._row is not None and v.reached > int(v._row["input_version"])]
+        db = self.views[0]._db
+        if behind and not db.closed and not db.readonly:
+            try:
+                _commit_views(db, behind)
+            except UdrflowError as exc:  # reported like a failure of the run itself
+                for v, *_ in behind:
+                    v.error = exc
+
+
+# Groups running now: stopped at interpreter exit, before Python tears down under the
+# Bytewax threads (a daemon thread inside Rust at finalization aborts the process).
+_running_groups: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_views() -> None:
+    for group in list(_running_groups):
+        try:
+            group.stop(timeout_s=10.0)
+        except BaseException:  # noqa: BLE001 - exiting: nothing is left to report to
+            pass
 
 
 def _group_recovery_dir(views: list[View]) -> Path:
