@@ -19,6 +19,7 @@ three-way check at row level (see :func:`merge`).
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 
@@ -250,13 +251,25 @@ def _table_diff(old: pa.Table, new: pa.Table, pk: list[str]) -> pa.Table:
             new = new.append_column(old.schema.field(n), pa.nulls(new.num_rows, old.schema.field(n).type))
         order = new.schema.names
         old = old.select(order).cast(new.schema)
-    w = "__w"
+    w, first = "__w", "__first"
     both = pa.concat_tables([old.append_column(w, pa.array(np.full(old.num_rows, -1, np.int64))),
                              new.append_column(w, pa.array(np.ones(new.num_rows, np.int64)))])
     data = new.schema.names
-    net = both.group_by(data, use_threads=False).aggregate([(w, "sum")])
+    # Arrow cannot group by list, struct or map columns: those group by their JSON text, and
+    # each group's first row gives back the values themselves.
+    group_cols = []
+    for name in data:
+        if pa.types.is_nested(new.schema.field(name).type):
+            text = [None if v is None else json.dumps(v, sort_keys=True, default=str)
+                    for v in both.column(name).to_pylist()]
+            both = both.append_column(f"__json_{name}", pa.array(text, pa.string()))
+            group_cols.append(f"__json_{name}")
+        else:
+            group_cols.append(name)
+    both = both.append_column(first, pa.array(np.arange(both.num_rows, dtype=np.int64)))
+    net = both.group_by(group_cols, use_threads=False).aggregate([(w, "sum"), (first, "min")])
     weights = net.column(f"{w}_sum").to_numpy()
-    net = net.select(data).cast(new.schema)
+    net = both.take(net.column(f"{first}_min")).select(data).cast(new.schema)
     idx = np.flatnonzero(weights)
     rows = net.take(pa.array(np.repeat(idx, np.abs(weights[idx]))))
     signs = np.repeat(np.sign(weights[idx]), np.abs(weights[idx])).astype(np.int8)

@@ -81,9 +81,7 @@ def cmd_tables(args) -> int:
 def cmd_read(args) -> int:
     with udrflow.open(_db_path(args), readonly=True, create=False, branch=args.branch) as db:
         table = db.read(args.table, version=_version_option(args))
-        if args.limit is not None:
-            table = table.slice(0, args.limit)
-        write_table(table, args.format, args.out)
+        write_table(table, args.format, args.out, args.limit)
     return 0
 
 
@@ -91,7 +89,7 @@ def cmd_sql(args) -> int:
     with udrflow.open(_db_path(args), readonly=True, create=False) as db:
         table = db.sql(args.query, version=_version_option(args), branch=args.branch,
                        params=_sql_params(args.param))
-        write_table(table, args.format, args.out)
+        write_table(table, args.format, args.out, args.limit)
     return 0
 
 
@@ -121,38 +119,81 @@ def _param_value(text: str):
         return text
 
 
-def write_table(table, fmt: str, out: str | None) -> None:
-    """Print or save an Arrow table as table | csv | json | parquet."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+TABLE_ROWS_SHOWN_DEFAULT = 50  # rows printed in table format unless --limit says otherwise
 
-        if not out:
-            raise SystemExit("udrflow: error: --format parquet needs --out FILE")
-        pq.write_table(table, out)
-        print(f"wrote {table.num_rows} rows to {out}")
+
+def _json_cell(value) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _flat(table):
+    """``table`` with list, struct and map columns as JSON text (CSV has no nesting)."""
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            values = [None if v is None else _json_cell(v) for v in table.column(i).to_pylist()]
+            table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(values, pa.string()))
+    return table
+
+
+def write_table(table, fmt: str, out: str | None, limit: int | None = None) -> None:
+    """Print or save an Arrow table as table | csv | json | parquet. ``limit``: at most this
+    many rows (table format: TABLE_ROWS_SHOWN_DEFAULT unless given). A file is written to a
+    temporary name and renamed when whole: a failure leaves no partial file behind."""
+    total = table.num_rows
+    if limit is None and fmt == "table":
+        limit = TABLE_ROWS_SHOWN_DEFAULT
+    if limit is not None:
+        if limit < 0:
+            raise SystemExit(f"udrflow: error: --limit must be at least 0: got {limit}")
+        table = table.slice(0, limit)
+    if fmt == "parquet" and not out:
+        raise SystemExit("udrflow: error: --format parquet needs --out FILE")
+    if out is None:
+        _write(table, fmt, sys.stdout, total)
         return
-    stream = open(out, "w") if out else sys.stdout  # noqa: SIM115 - closed below when it is a file
+    tmp = f"{out}.tmp-{os.getpid()}"
     try:
-        if fmt == "csv":
-            import pyarrow.csv as pcsv
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
 
-            sink = __import__("io").BytesIO()
-            pcsv.write_csv(table, sink)
-            stream.write(sink.getvalue().decode())
-        elif fmt == "json":
-            for row in table.to_pylist():
-                stream.write(json.dumps(row, default=str) + "\n")
+            pq.write_table(table, tmp)
         else:
-            names = table.column_names
-            rows = [[("" if v is None else str(v)) for v in r.values()] for r in table.to_pylist()]
-            widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-            stream.write("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)) + "\n")
-            for r in rows:
-                stream.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + "\n")
-            stream.write(f"({table.num_rows} rows)\n")
-    finally:
-        if out:
-            stream.close()
+            with open(tmp, "w", encoding="utf-8", newline="") as stream:
+                _write(table, fmt, stream, total)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    if fmt == "parquet":
+        print(f"wrote {table.num_rows} rows to {out}")
+
+
+def _write(table, fmt: str, stream, total: int) -> None:
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
+
+        sink = __import__("io").BytesIO()
+        pcsv.write_csv(_flat(table), sink)
+        stream.write(sink.getvalue().decode())
+    elif fmt == "json":
+        for row in table.to_pylist():
+            stream.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+    else:
+        names = table.column_names
+        rows = [[("" if v is None else _json_cell(v) if isinstance(v, (list, dict)) else str(v)) for v in r.values()]
+                for r in table.to_pylist()]
+        widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+        stream.write("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)) + "\n")
+        for r in rows:
+            stream.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + "\n")
+        shown = table.num_rows
+        more = f" of {total:,}; --limit N shows more" if shown < total else ""
+        stream.write(f"({shown:,} rows{more})\n")
 
 
 def cmd_gc(args) -> int:
@@ -391,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--branch", default="main")
     p.add_argument("--version", type=int, default=None, help="default: the head")
     p.add_argument("--at", default=None, help="an ISO time instead of --version (naive = UTC)")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None,
+                   help=f"at most this many rows (default: {TABLE_ROWS_SHOWN_DEFAULT} in table format, all otherwise)")
     p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     p.add_argument("--out", default=None, help="write to this file instead of standard output")
     p = add("sql", cmd_sql, "run one read-only SQL query (DataFusion) at a version; AS OF VERSION/TIMESTAMP, "
@@ -405,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind $NAME (or $1, $2, ... in order); VALUE is JSON if it parses, else text")
     p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     p.add_argument("--out", default=None, help="write to this file instead of standard output")
+    p.add_argument("--limit", type=int, default=None,
+                   help=f"at most this many rows (default: {TABLE_ROWS_SHOWN_DEFAULT} in table format, all otherwise)")
     p = add("gc", cmd_gc, "reclaim space: optionally move every table's since forward, then collect garbage")
     p.add_argument("--branch", default="main")
     p.add_argument("--since", type=int, default=None, help="give up history before this version first")
@@ -465,8 +509,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UdrflowError as exc:
-        print(f"udrflow: error: {exc}", file=sys.stderr)
+        print(f"udrflow: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file the user named (--out, a path) the OS refused
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"udrflow: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":
