@@ -295,8 +295,9 @@ def cmd_views(args) -> int:
             if not rows:
                 print("no views")
             for r in rows:
+                failed = f"  ({r['error']})" if r["error"] else ""
                 print(f"{r['name']:<30} position {r['position']:>10,}  lag {r['lag']:>8,}  "
-                      f"inputs: {', '.join(r['inputs'])}")
+                      f"inputs: {', '.join(r['inputs'])}{failed}")
         return 0
     with udrflow.open(path, create=False, branch=args.branch) as db:
         names = args.names or db.views.names()
@@ -324,19 +325,27 @@ def cmd_views(args) -> int:
             views = [db.views[n] for n in names]
             db.views.run(names)  # one thread, one commit per round for all of them
             print(f"maintaining {', '.join(names)} (Ctrl-C to stop)", file=sys.stderr)
+            failed: dict[str, BaseException] = {}
             try:
-                while True:
+                while len(failed) < len(views):
                     time.sleep(args.report_interval)
                     for v in views:
-                        if v.error is not None:
-                            v.stop()
+                        if v.error is not None and v.name not in failed:
+                            # It stopped alone; the others keep running.
+                            failed[v.name] = v.error
+                            print(f"udrflow: error: view {v.name!r} stopped: {type(v.error).__name__}: "
+                                  f"{_one_line(v.error)}", file=sys.stderr)
                     print("  ".join(f"{v.name}: {v.reached:,} (lag {max(0, db.version - v.reached):,})"
-                                    for v in views), file=sys.stderr)
+                                    for v in views if v.name not in failed), file=sys.stderr)
             except KeyboardInterrupt:
                 pass
             finally:
                 for v in views:
-                    v.stop()
+                    try:
+                        v.stop()
+                    except Exception:  # noqa: BLE001 - reported above, when it failed
+                        pass
+            return 1 if failed else 0
     return 0
 
 

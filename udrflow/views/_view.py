@@ -177,8 +177,12 @@ class View:
             # and the target below would be recorded as reflected without being read.
             self._stop.clear()
             self._progress = None if progress is None else (lambda reached: progress(reached, target))
+            self.error = None
             try:
                 _run_dataflow([self], until=target, epoch_interval_s=None)
+                if self.error is not None:
+                    error, self.error = self.error, None
+                    raise error
                 self._record_progress(target)
             finally:
                 self._progress = None
@@ -234,7 +238,8 @@ class View:
     @property
     def running(self) -> bool:
         group = self._group
-        return group is not None and group.thread is not None and group.thread.is_alive()
+        return (group is not None and group.thread is not None and group.thread.is_alive()
+                and self.error is None)  # (a view that failed stopped alone; its group may go on)
 
     @property
     def _key(self) -> str:
@@ -245,6 +250,15 @@ class View:
     def _recovery_dir(self) -> Path:
         # Per branch: a view maintained on a branch keeps its own state from the fork on.
         return Path(self._db.path) / "views" / str(self._db.branch) / self.name / "recovery"
+
+    def _fail(self, exc: BaseException) -> None:
+        """Stop this view alone (the others of its run go on); ``error`` says why, naming
+        the view. Its state is dropped: a later run rebuilds it from the recorded position."""
+        if self.error is None:
+            exc.add_note(f"view {self.name!r} stopped on this error at input version {self.reached}; the other "
+                         f"views of its run keep running")
+            self.error = exc
+        self._live = self._adopt = None
 
     def _step(self, state, item):
         version, deltas = item
@@ -564,8 +578,15 @@ def _run_dataflow(views: list[View], until: int | None, epoch_interval_s: float 
     items = op.input("log", flow, _ViewSource(views, until))
 
     def step(state, item):  # Bytewax passes the value only: it carries its view's key
-        key, version, deltas = item
-        return by_key[key]._step(state, (version, deltas))
+        key, version, deltas, reset = item
+        view = by_key[key]
+        if view.error is not None:
+            return None, (version, None)
+        try:
+            return view._step(None if reset else state, (version, deltas))
+        except Exception as exc:  # this view stops alone; None drops its (half-stepped) state
+            view._fail(exc)
+            return None, (version, None)
 
     results = op.stateful_map("ivm", items, step)
     op.output("commit", results, _ViewSink(by_key))
@@ -634,7 +655,12 @@ class _GroupPartition(StatefulSourcePartition):
         shared: dict = {}  # (after, upto) -> the change batches of every table any view reads
         tables = self._tables
         for r in readers:
-            out.extend((r.key, (r.key, *item)) for item in r.poll(shared, tables))
+            try:
+                items = r.poll(shared, tables)
+            except Exception as exc:  # (e.g. retention passed its position): this view stops alone
+                r._view._fail(exc)
+                continue
+            out.extend((r.key, (r.key, *item)) for item in items)
         return out
 
     def next_awake(self):
@@ -643,7 +669,8 @@ class _GroupPartition(StatefulSourcePartition):
         return utc_now() + dt.timedelta(milliseconds=VIEW_IDLE_WAKE_MS)
 
     def snapshot(self):
-        positions = {r.key: r.snapshot() for r in self._readers}
+        # A failed view's position is left out: its next run rebuilds it (its state was dropped).
+        positions = {r.key: r.snapshot() for r in self._readers if r._view.error is None}
         return {"positions": positions, "crc": _positions_crc(positions)}
 
 
@@ -673,7 +700,7 @@ class _ViewReader:
         self._emitted = 0  # the last input version emitted as a step
 
     def done(self) -> bool:
-        if self._view._stop.is_set():
+        if self._view._stop.is_set() or self._view.error is not None:
             return True
         return self._until is not None and self._position is not None and self._position >= self._until
 
@@ -688,7 +715,7 @@ class _ViewReader:
             deltas[table] = rows.append_column(pa.field(W, pa.int64()), pa.array(np.ones(rows.num_rows, np.int64)))
         self._position = at
         self._emitted = at
-        return [(at, deltas)]
+        return [(at, deltas, True)]  # (True: the step starts from an empty state)
 
     @property
     def tables(self) -> set[str]:
@@ -705,7 +732,7 @@ class _ViewReader:
             # run's snapshots hold it along with the position.
             self._adopting = False
             self._emitted = self._position
-            return [(self._position, {})]
+            return [(self._position, {}, False)]
         engine = self._engine
         upto = self._upto()
         if upto <= self._position:
@@ -743,7 +770,7 @@ class _ViewReader:
             view.reached = max(view.reached, upto)
             return []
         self._emitted = upto
-        return [(upto, deltas)]
+        return [(upto, deltas, False)]
 
     def _upto(self) -> int:
         engine = self._engine
@@ -811,6 +838,8 @@ class _ViewSinkPartition(StatelessSinkPartition):
         # all views' changes in one commit.
         steps: dict[str, list] = {}
         for key, step in items:
+            if step[1] is None or self._views[key].error is not None:
+                continue  # the view failed in this run
             steps.setdefault(key, []).append(step)
         entries = []
         for key, mine in steps.items():
@@ -827,7 +856,19 @@ class _ViewSinkPartition(StatelessSinkPartition):
             else:
                 delta = deltas[0] if deltas else empty_delta(view.definition.schema)
             entries.append((view, version, delta, False))
-        _commit_views(next(iter(self._views.values()))._db, entries)
+        if not entries:
+            return
+        db = entries[0][0]._db
+        try:
+            _commit_views(db, entries)
+        except Exception:
+            # One view's results may be what failed: commit each alone, and stop only those
+            # that fail by themselves.
+            for entry in entries:
+                try:
+                    _commit_views(db, [entry])
+                except Exception as exc:
+                    entry[0]._fail(exc)
 
 
 # ---- the registry: create, list, drop ----------------------------------------------------
@@ -868,7 +909,10 @@ class Views:
         out = []
         for name, row in sorted(registry_rows(self._db).items()):
             view = self._load(name, row)
+            error = view.error
             out.append({"name": name, "inputs": sorted(view.definition.inputs()), "created": view.created,
+                        "error": None if error is None else (f"view {name!r} stopped: {type(error).__name__}: "
+                                                             f"{' '.join(str(error).split())}"),
                         "position": int(row["input_version"]),
                         # A running view that found nothing to change records no new position.
                         "lag": _input_commits(self._db, view.definition.inputs(),
