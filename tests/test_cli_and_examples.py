@@ -116,3 +116,31 @@ def test_examples_run(example, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / example), str(tmp_path / "ex.udr")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_demo_runs_again_on_its_own_database_and_refuses_a_users(tmp_path):
+    demo_db = str(tmp_path / "demo.udr")
+    run("demo", "--db", demo_db)
+    again = run("demo", "--db", demo_db, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "panicked" not in again.stderr and "demo finished" in again.stdout
+    user_db = str(tmp_path / "shop.udr")
+    with udrflow.open(user_db) as db:
+        db.create_table("orders", udrflow_schema())
+        db.insert("orders", [{"id": 1}])
+        before = db.version
+    proc = run("demo", "--db", user_db, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "expected a new database" in proc.stderr
+    with udrflow.open(user_db) as db:
+        assert db.version == before and db.tables() == ["orders"]
+    # $UDRFLOW_DB names the user's database for every other command: the demo ignores it.
+    proc = run("demo", env={"UDRFLOW_DB": user_db}, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with udrflow.open(user_db) as db:
+        assert db.version == before
+
+
+def udrflow_schema():
+    import pyarrow as pa
+
+    return pa.schema([pa.field("id", pa.int64(), nullable=False)])

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 import udrflow
+from udrflow.errors import UsageError
 
 
 def _step(title: str) -> None:
@@ -36,6 +37,9 @@ def _disk_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
+DEMO_MARKER = "udrflow_demo"  # the demo only writes a database it made (this table says so)
+
+
 def run(path: str | None = None) -> None:
     tmp = None
     if path is None:
@@ -44,9 +48,16 @@ def run(path: str | None = None) -> None:
     try:
         _step(f"1. open an embedded database at {path} and create two tables (DDL is a commit)")
         db = udrflow.open(path)
-        if "orders" in db.tables():
+        existing = db.tables()
+        if existing and DEMO_MARKER not in existing:
+            db.close()
+            raise UsageError(f"udrflow demo writes tables of its own (customers, orders, ...): expected a new database "
+                             f"or one an earlier demo made at {path}, found tables {existing[:5]}. Run "
+                             f"'udrflow demo' without --db for a fresh temporary database.")
+        if existing:
             print("   (the database already holds the demo tables: starting from its head)")
         else:
+            db.create_table(DEMO_MARKER, pa.schema([pa.field("run", pa.int64(), nullable=False)]), primary_key="run")
             db.create_table("customers", pa.schema([("name", pa.string()), ("city", pa.string()),
                                                     ("credit", pa.int64())]), primary_key=["name"])
             db.create_table("orders", pa.schema([("id", pa.int64()), ("customer", pa.string()),
@@ -187,14 +198,14 @@ def run(path: str | None = None) -> None:
                               .group_by("city").agg(total=sum_("amount"), orders=count()))
         print(f"   {revenue} backfilled from the existing orders (reflects input version {view.position}):")
         _show(db.read(revenue), "city")
-        db.views.run()  # keep every view current in one background thread
+        view.run()  # keep it current in a background thread (db.views.run() runs every view)
         v_new = db.insert("orders", [{"id": start_id + 30, "customer": "bob", "amount": 100.0}])
         view.wait_for(v_new)
         print(f"   one order committed at v{v_new}; the view's table now (read like any table, "
               f"at log version {db.version}):")
         _show(db.read(revenue), "city")
         print(f"   SQL on the view: {db.sql(f'SELECT city, total FROM {revenue} ORDER BY total DESC LIMIT 1').to_pylist()}")
-        db.views.stop()
+        view.stop()
 
         _step("12. branches: a zero-copy fork, a change on it, a row-level diff, a merge in one commit")
         branch = f"what_if_v{db.version + 1}"

@@ -415,7 +415,7 @@ def cmd_merge(args) -> int:
 def cmd_demo(args) -> int:
     from udrflow import _demo
 
-    _demo.run(args.db or os.environ.get("UDRFLOW_DB"))
+    _demo.run(args.db)  # (not $UDRFLOW_DB: the demo writes tables of its own)
     return 0
 
 
