@@ -832,7 +832,15 @@ def test_a_view_whose_input_is_dropped_says_so(tmp_path):
         view = db.create_view("ev", db.stream(EVENTS).filter(col("x") > 0))
         db.insert(EVENTS, [{"g": "a", "x": 1, "y": None}])
         view.refresh()
-        dropped = db.drop_table(EVENTS)
+        with pytest.raises(UsageError, match="read by view"):  # refused today (test_drop_guard.py)...
+            db.drop_table(EVENTS)
+        from udrflow._view_guard import view_writer
+
+        view_writer.active = True  # ...but a database written before that guard may hold such a drop
+        try:
+            dropped = db.drop_table(EVENTS)
+        finally:
+            view_writer.active = False
         with pytest.raises(TableNotFoundError, match=f"'events', which version {dropped} dropped"):
             view.refresh()
     finally:

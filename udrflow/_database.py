@@ -34,6 +34,7 @@ from udrflow._pyrows import PyRows, keys_valid, python_rows
 from udrflow._schema import check_keys, check_table_schema, to_arrow, to_rows
 from udrflow._tables import Op, TableEngine
 from udrflow._transaction import Transaction
+from udrflow._view_guard import REGISTRY, view_writer
 from udrflow.errors import (
     DatabaseClosedError,
     DatabaseNotFoundError,
@@ -47,9 +48,8 @@ from udrflow.log import Durability, EpochLog
 
 _log = logging.getLogger("udrflow")
 MARKER_NAME = "UDRFLOW"
-_VIEW_REGISTRY = "__udrflow_views"
-# Set while a view's own maintenance writes its table (the only writer allowed there).
-_view_writer = threading.local()
+_VIEW_REGISTRY = REGISTRY
+_view_writer = view_writer  # (views/_view.py imports it from here)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 FORMAT = b"udrflow database format 1\n"
 DEFAULT_BRANCH = "main"
@@ -306,9 +306,51 @@ class Database:
         """Add a nullable column to ``table`` (a commit); rows written before read it as null."""
         return self._writable_engine().commit([self._ddl_op("add_column", table, column=column)])
 
-    def drop_table(self, table: str) -> int:
-        """Drop ``table`` (a commit). Its history stays readable at earlier versions."""
-        return self._writable_engine().commit([Op("drop_table", table)])
+    def drop_table(self, table: str, *, cascade: bool = False) -> int:
+        """Drop ``table`` (a commit). Its history stays readable at earlier versions.
+
+        A table that views read (or a view's own table) is not dropped: that raises
+        UsageError naming the views, unless ``cascade=True``, which drops those views
+        first (and the views that read them), then the table."""
+        engine = self._writable_engine()
+        if not getattr(_view_writer, "active", False):
+            dependents = self._views_on(table)
+            if dependents and not cascade:
+                raise UsageError(self._dependents_message(table, dependents))
+            for name in dependents:
+                if name in self.views:
+                    self.drop_view(name)
+            if table in dependents:
+                return self.version  # the view's own table: dropping the view dropped it
+        return engine.commit([Op("drop_table", table)])
+
+    def _views_on(self, table: str) -> list[str]:
+        """The views that would break without ``table`` (its own view, the views reading it,
+        and the views reading those), the readers first."""
+        engine = self._engine()
+        if engine.catalog.get(_VIEW_REGISTRY, engine.log.version) is None:
+            return []
+        if table == _VIEW_REGISTRY:
+            raise ReadOnlyError(f"table {table!r} is the view registry: use drop_view")
+        inputs = {row["name"]: row["inputs"] for row in self.views.list()}
+        found: list[str] = []
+        todo = [table]
+        while todo:
+            name = todo.pop()
+            for view, reads in inputs.items():
+                if (name in reads or view == name) and view not in found:
+                    found.append(view)
+                    todo.append(view)
+        order = {view: i for i, view in enumerate(v.name for v in self.views.ordered())}
+        return sorted(found, key=lambda v: -order.get(v, 0))
+
+    @staticmethod
+    def _dependents_message(table: str, dependents: list[str]) -> str:
+        if dependents == [table]:
+            return f"table {table!r} is view {table!r}'s table: drop it with drop_view({table!r})"
+        names = ", ".join(repr(v) for v in dependents if v != table)
+        return (f"table {table!r} is read by view(s) {names}: drop those first, or drop_table({table!r}, "
+                f"cascade=True) to drop them with it")
 
     def tables(self, version: int | None = None) -> list[str]:
         engine = self._engine()

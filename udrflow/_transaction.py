@@ -32,6 +32,7 @@ except ImportError:  # running from source without Cython: see udrflow/_cython_s
 from udrflow._fold import fold_keyed, fold_multiset
 from udrflow._predicate import filter_where
 from udrflow._tables import Op, TableEngine
+from udrflow._view_guard import view_maintenance_active
 from udrflow.errors import InvalidOptionError, TransactionConflictError, UsageError
 
 ISOLATION_LEVELS = ("snapshot", "serializable")
@@ -122,7 +123,14 @@ class Transaction:
         self._ops.append(self._db._ddl_op("add_column", table, column=column))
 
     def drop_table(self, table: str) -> None:
+        """Drop ``table`` at commit (refused, as ``Database.drop_table`` without cascade,
+        for a table that views read or a view's own table)."""
         self._check_open()
+        db = self._db
+        if not view_maintenance_active():
+            dependents = db._views_on(table)
+            if dependents:
+                raise UsageError(db._dependents_message(table, dependents))
         self._ops.append(Op("drop_table", table))
 
     def _ddl_on(self, table: str) -> bool:
