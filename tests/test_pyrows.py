@@ -312,7 +312,7 @@ def test_net_keyed_values_equals_net_keyed_of_the_expanded_commits(tmp_path):
             if rng.random() < 0.3:
                 db.delete("t", keys=[{"k": k} for k in keys])
             else:
-                extra = {"b": rng.choice(["x", None])} if step > 60 else {}
+                extra = {"b": rng.choice(["x", None])} if step >= 60 else {}  # (upsert: every column)
                 db.upsert("t", [{"k": k, "a": rng.random(), **extra} for k in keys])
         final = db.schema("t")
         run, events = [], []
@@ -345,7 +345,8 @@ def test_python_rows_in_the_head_survive_compaction_and_added_columns(tmp_path, 
                 db.add_column("t", pa.field("c", pa.string()))
                 for r in expected.values():
                     r["c"] = None
-            row = {"k": k, "a": step} | ({"c": f"s{step}"} if step > 20 else {})
+            # (step 20: c given as null, since an upsert gives every column)
+            row = {"k": k, "a": step} | ({"c": f"s{step}" if step > 20 else None} if step >= 20 else {})
             db.upsert("t", [row])
             expected[k] = row | ({"c": row.get("c")} if step >= 20 else {})
             if step % 7 == 3:

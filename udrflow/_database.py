@@ -31,7 +31,7 @@ from udrflow._limits import FSYNC_INTERVAL_MS_DEFAULT, SEGMENT_SIZE_BYTES_DEFAUL
 from udrflow._lock import WriterLock
 from udrflow._names import check_name, check_new_name
 from udrflow._pyrows import PyRows, keys_valid, python_rows
-from udrflow._schema import check_keys, check_table_schema, to_arrow, to_rows
+from udrflow._schema import check_keys, check_table_schema, missing_columns, to_arrow, to_rows
 from udrflow._tables import Op, TableEngine
 from udrflow._transaction import Transaction
 from udrflow._view_guard import REGISTRY, view_writer
@@ -40,6 +40,7 @@ from udrflow.errors import (
     DatabaseNotFoundError,
     InvalidOptionError,
     ReadOnlyError,
+    SchemaError,
     UsageError,
     VersionNotFoundError,
     storage_error_from_os,
@@ -375,6 +376,30 @@ class Database:
         engine = self._writable_engine()
         return engine.commit([self._row_op("upsert", table, rows)])
 
+    def update(self, table: str, rows) -> int | None:
+        """Change only the columns given in ``rows`` of the existing rows with those primary
+        keys (a key not in the table raises SchemaError, and nothing is written); return the
+        version (None when nothing changed). Atomic, retried on a conflict with another writer.
+
+        >>> import tempfile, pyarrow as pa, udrflow
+        >>> db = udrflow.open(tempfile.mkdtemp() + "/u.udr")
+        >>> _ = db.create_table("t", pa.schema([pa.field("id", pa.int64(), nullable=False), ("a", pa.string()),
+        ...                                    ("b", pa.int64())]), primary_key="id")
+        >>> _ = db.insert("t", [{"id": 1, "a": "x", "b": 10}])
+        >>> _ = db.update("t", [{"id": 1, "b": 11}])
+        >>> db.read("t").to_pylist()
+        [{'id': 1, 'a': 'x', 'b': 11}]
+        >>> db.close()
+        """
+        from udrflow._transaction import retry
+
+        def attempt():
+            with self.transaction() as tx:
+                tx.update(table, rows)
+            return tx.version
+
+        return retry(attempt)
+
     def delete(self, table: str, keys=None, *, where: str | None = None) -> int | None:
         """Delete by primary key (``keys``: rows with the key columns) or by a SQL predicate
         (``where="amount < 0"``); return the version (None when nothing matched)."""
@@ -626,6 +651,11 @@ class Database:
             if type(data) is not PyRows or not keys_valid(data, pk):
                 check_keys(data, pk, table_name=table, op="delete")
             return Op("delete_keys", table, data)
+        if kind == "upsert":
+            missing = missing_columns(rows, schema)
+            if missing:
+                raise SchemaError(f"upsert into table {table!r} replaces whole rows: expected every column, the "
+                                  f"input lacks {missing} (update() changes only the columns given)")
         data = python_rows(rows, schema)  # to_rows, inlined: this runs for every write
         if data is None:
             data = to_arrow(rows, schema, table=table)

@@ -346,6 +346,52 @@ def _is_key_type(t: pa.DataType) -> bool:
 # Rows in, Arrow out
 
 
+def missing_columns(data, schema: pa.Schema) -> list[str]:
+    """The columns of ``schema`` that ``data`` (rows as ``to_arrow`` takes them) leaves out:
+    for dicts, a column missing from any row; for tables and data frames, from the columns.
+    (``to_arrow`` makes a missing nullable column null, which suits an insert; an upsert
+    replaces whole rows, so it must not guess.)"""
+    names = schema.names
+    if isinstance(data, dict):
+        return [n for n in names if n not in data]
+    if isinstance(data, (list, tuple)):
+        wanted = set(names)
+        missing: set[str] = set()
+        for row in data:
+            if isinstance(row, dict) and not wanted <= row.keys():
+                missing |= wanted - row.keys()
+        return [n for n in names if n in missing]
+    if isinstance(data, (pa.Table, pa.RecordBatch)):
+        given = set(data.schema.names)
+    else:
+        columns = getattr(data, "columns", None)  # pandas, polars
+        if columns is None:
+            return []  # (another Arrow stream: to_arrow checks what it can)
+        given = {str(c) for c in columns}
+    return [n for n in names if n not in given]
+
+
+def update_columns(data, schema: pa.Schema, table: str) -> list[str]:
+    """The columns an ``update`` gives, in ``schema``'s order: the union of the dicts' keys,
+    or a table's or data frame's columns. A name the table does not have is SchemaError."""
+    if isinstance(data, dict):
+        given = set(data)
+    elif isinstance(data, (list, tuple)):
+        given = set().union(*(row.keys() for row in data if isinstance(row, dict)))
+    elif isinstance(data, (pa.Table, pa.RecordBatch)):
+        given = set(data.schema.names)
+    else:
+        columns = getattr(data, "columns", None)
+        if columns is None:
+            raise SchemaError(f"update of table {table!r} takes dicts, a pyarrow Table or a data frame: got "
+                              f"{type(data).__name__}")
+        given = {str(c) for c in columns}
+    unknown = sorted(given - set(schema.names))
+    if unknown:
+        raise SchemaError(f"update of table {table!r}: no column(s) {unknown}: expected some of {schema.names}")
+    return [n for n in schema.names if n in given]
+
+
 def to_arrow(data, schema: pa.Schema, *, table: str, columns: Sequence[str] | None = None) -> pa.Table:
     """``data`` as a pyarrow Table with exactly ``schema`` (or only ``columns``, in that order).
 

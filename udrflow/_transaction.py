@@ -22,7 +22,9 @@ import random
 import threading
 import time
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 try:
     import cython
@@ -31,9 +33,10 @@ except ImportError:  # running from source without Cython: see udrflow/_cython_s
 
 from udrflow._fold import fold_keyed, fold_multiset
 from udrflow._predicate import filter_where
+from udrflow._schema import check_keys, to_arrow, update_columns
 from udrflow._tables import Op, TableEngine
 from udrflow._view_guard import view_maintenance_active
-from udrflow.errors import InvalidOptionError, TransactionConflictError, UsageError
+from udrflow.errors import InvalidOptionError, SchemaError, TransactionConflictError, UsageError
 
 ISOLATION_LEVELS = ("snapshot", "serializable")
 _new_lock = threading.Lock  # (bound once: compiled, a module global is a cached lookup, a module's attribute is not)
@@ -88,6 +91,42 @@ class Transaction:
             self._check_open()
         ops = self._ops
         ops.append(self._db._row_op("upsert", table, rows, self.begin_version, ops))
+
+    def update(self, table: str, rows) -> None:
+        """Change only the columns given in ``rows`` of the rows with those primary keys;
+        the other columns keep their values. Each row must hold the key columns; a key that
+        is not in the table raises SchemaError (nothing is written; ``upsert`` inserts)."""
+        self._check_open()
+        if self._ddl_on(table):
+            raise UsageError(f"update of table {table!r}: its definition changes in this transaction; commit "
+                             f"that first")
+        tdef = self._engine.table_def(table, self.begin_version)
+        pk = list(tdef.primary_key)
+        if not pk:
+            raise UsageError(f"update needs a primary key, and table {table!r} has none: use delete_rows and insert")
+        given = update_columns(rows, tdef.schema, table)
+        missing_keys = [k for k in pk if k not in given]
+        if missing_keys:
+            raise SchemaError(f"update of table {table!r}: every row must hold the key column(s) {pk}: "
+                              f"missing {missing_keys}")
+        changes = to_arrow(rows, tdef.schema, table=table, columns=given)
+        check_keys(changes, pk, table_name=table, op="update")
+        current = self.read(table)
+        # The stored rows of those keys, found by a join on the keys (batch at a time); their
+        # other columns are taken by row position (a join carries no list or struct payload).
+        row = "__row"
+        stored = current.select(pk).append_column(row, pa.array(np.arange(current.num_rows, dtype=np.int64)))
+        found = changes.select(pk).append_column("__at", pa.array(np.arange(changes.num_rows, dtype=np.int64)))
+        found = found.join(stored, keys=pk, join_type="left outer", use_threads=False).sort_by("__at")
+        positions = found.column(row)
+        if positions.null_count:
+            first = pc.index(pc.is_null(positions), True).as_py()
+            key = {k: found.column(k)[first].as_py() for k in pk}
+            raise SchemaError(f"update of table {table!r}: no row with key {key} (update changes existing rows; "
+                              f"upsert inserts)")
+        old = current.take(positions)
+        columns = [changes.column(n) if n in given else old.column(n) for n in tdef.schema.names]
+        self.upsert(table, pa.Table.from_arrays(columns, schema=tdef.schema))
 
     def delete(self, table: str, keys=None, *, where: str | None = None) -> None:
         """Delete rows by primary key (``keys``: rows holding the key columns) or by a SQL
