@@ -506,8 +506,13 @@ class Map(Stream):
 def _import_path(fn) -> str:
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
     if not module or not qualname or "<" in qualname or module == "__main__":
-        raise UsageError(f"map() needs a module-level function importable by path (stored in the log with the "
-                         f"view): got {fn!r} (lambdas, closures and functions of __main__ cannot be re-imported)")
+        what = ("a lambda" if "<lambda>" in qualname else "a nested function" if "<" in qualname
+                else "a function of the __main__ script" if module == "__main__" else repr(fn))
+        raise UsageError(f"map() takes a function defined at the top level of an importable module (the view "
+                         f"stores its import path, 'module:name', in the log and imports it again on every run): "
+                         f"got {what}. Define it in a module of yours, e.g. in myviews.py "
+                         f"'def add_band(table: pyarrow.Table) -> pyarrow.Table: ...', and pass myviews.add_band; "
+                         f"a column computed by an expression needs no function: .with_columns(name=col(...) * 2)")
     return f"{module}:{qualname}"
 
 
