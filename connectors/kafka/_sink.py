@@ -60,6 +60,7 @@ from connectors.kafka._limits import (
     SINK_SCAN_TIMEOUT_S,
     SINK_VERSIONS_PER_READ_MAX,
 )
+from connectors.kafka._logging import with_logger
 from udrflow._changefeed import OP_COLUMN, WEIGHT_COLUMN, read_changes, rows_to_json
 from udrflow._fileio import FileIO, make_dirs_durably, write_file_durably
 from udrflow._names import check_name
@@ -195,7 +196,7 @@ class KafkaSink:
             if not config.get("enable.idempotence", True):
                 config.setdefault("max.in.flight.requests.per.connection", 1)
             try:
-                producer = Producer(config)
+                producer = Producer(with_logger(config))
             except KafkaException as exc:
                 raise ConnectorError(f"cannot create a Kafka producer for {self.bootstrap}: {exc}") from exc
             try:
@@ -335,7 +336,7 @@ class KafkaSink:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = AdminClient(with_logger({"bootstrap.servers": self.bootstrap}))
         try:
             metadata = admin.list_topics(timeout=SINK_SCAN_TIMEOUT_S)
         except KafkaException as exc:
@@ -386,9 +387,9 @@ class KafkaSink:
     def _scan(self, partitions: list[int], start: dict[int, int], acked: int):
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"udrflow-sink-{self.name}",
-                             "enable.auto.commit": False, "enable.partition.eof": True,
-                             "auto.offset.reset": "error", "fetch.wait.max.ms": 100})
+        consumer = Consumer(with_logger({"bootstrap.servers": self.bootstrap, "group.id": f"udrflow-sink-{self.name}",
+                                         "enable.auto.commit": False, "enable.partition.eof": True,
+                                         "auto.offset.reset": "error", "fetch.wait.max.ms": 100}))
         decode = msgspec.json.Decoder(_Envelope).decode
         table = self.table
         best = acked

@@ -55,6 +55,7 @@ from connectors.kafka._limits import (
     SOURCE_METADATA_TIMEOUT_S,
     SOURCE_POLL_S,
 )
+from connectors.kafka._logging import with_logger
 from connectors.kafka._offsets import (
     DEAD_LETTER_KEY,
     DEAD_LETTER_SCHEMA,
@@ -256,7 +257,7 @@ class KafkaSource:
         deadline = None if timeout_s is None else self._started + timeout_s
         try:
             try:
-                self._consumer = Consumer(self._config())
+                self._consumer = Consumer(with_logger(self._config()))
             except KafkaException as exc:
                 raise ConnectorError(f"cannot create a Kafka consumer for {self.bootstrap}: {exc}") from exc
             fetcher = threading.Thread(target=self._fetch_main, name=f"udrflow-kafka-{self.name}", daemon=True)
