@@ -79,7 +79,8 @@ def test_a_failed_write_leaves_no_partial_file_and_errors_are_one_line(tmp_path)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert not target.exists() and not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
     for args in (["read", "nosuch", "--db", db], ["tables", "--db", str(tmp_path / "missing.udr")],
-                 ["sql", "SELEC 1", "--db", db], ["read", "t", "--db", db, "--version", "999"]):
+                 ["sql", "SELEC 1", "--db", db], ["read", "t", "--db", db, "--version", "999"],
+                 ["read", "t", "--db", db, "--at", "not-a-time"], ["read", "t", "--db", db, "--limit", "-1"]):
         proc = run(*args)
         assert proc.returncode == 1, args
         assert proc.stderr.startswith("udrflow: error:") and proc.stderr.count("\n") == 1, (args, proc.stderr)

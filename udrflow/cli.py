@@ -59,7 +59,11 @@ def _describe(payload: bytes, version: int) -> str:
 
 def _version_option(args):
     if getattr(args, "at", None):
-        when = dt.datetime.fromisoformat(args.at)
+        try:
+            when = dt.datetime.fromisoformat(args.at)
+        except ValueError:
+            raise SystemExit(f"udrflow: error: --at expects an ISO time such as 2026-01-31T12:00:00: got "
+                             f"{args.at!r}") from None
         return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
     return args.version
 
@@ -526,6 +530,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug of ours: one line, the traceback only when asked for
+        if os.environ.get("UDRFLOW_DEBUG"):
+            raise
+        print(f"udrflow: internal error: {type(exc).__name__}: {_one_line(exc)} (please report it; "
+              f"UDRFLOW_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 def _one_line(exc: BaseException) -> str:
