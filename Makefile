@@ -10,19 +10,21 @@ PIP := $(VENV)/bin/pip
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip setuptools wheel "Cython>=3.0"
+	$(PIP) install --quiet --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 	touch $@
 
+# Editable installs compile nothing (UDRFLOW_NO_EXT=1, see setup.py) and reuse the venv's
+# setuptools and Cython (--no-build-isolation): the one compile is `make ext`'s.
 $(VENV)/.installed: $(VENV)/.created pyproject.toml setup.py
-	$(PIP) install --quiet -e .
+	UDRFLOW_NO_EXT=1 $(PIP) install --quiet --no-build-isolation -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -e '.[test]'
+	UDRFLOW_NO_EXT=1 $(PIP) install --quiet --no-build-isolation -e '.[test]'
 	touch $@
 
-# Rebuild the Cython extensions in place when a .pyx/.h or a compiled engine module
-# (udrflow/_compiled.py) changed (fast when nothing did).
+# Compile the Cython extensions in place, on every core: once per fresh clone, then only
+# what changed (a .pyx/.h or a compiled engine module, udrflow/_compiled.py).
 ext: $(VENV)/.installed
 	$(PY) setup.py --quiet build_ext --inplace
 
@@ -33,7 +35,8 @@ demo: install
 	$(VENV)/bin/udrflow demo
 
 test: install-test
-	$(VENV)/bin/python -m pytest -q
+	@start=$$(date +%s); $(VENV)/bin/python -m pytest -q --durations=15; status=$$?; \
+	echo "test suite wall time: $$(( $$(date +%s) - start )) s"; exit $$status
 
 lint: install-test
 	$(VENV)/bin/ruff check udrflow connectors tests benchmarks examples

@@ -43,16 +43,22 @@ extensions = [
     for name in ("_crc32c", "_frame", "_keyhash", "_fastio", "_intmap")
 ]
 modules = [] if os.environ.get("UDRFLOW_PURE_PYTHON", "") not in ("", "0") else compiled_modules()
+# UDRFLOW_NO_EXT=1: declare no extensions at all. The Makefile's editable installs use it
+# (an editable install maps to the source tree, so pip compiling everything in its own
+# temporary directory would be thrown away); `make ext` then compiles once, in place, on
+# every core, and only what changed. A wheel (`pip wheel .`) builds them as usual.
+NO_EXT = os.environ.get("UDRFLOW_NO_EXT", "") not in ("", "0")
 engine = [
     Extension(f"udrflow.{name}", [f"udrflow/{name.replace('.', '/')}.py"], extra_compile_args=["-O2"])
     for name in modules
 ]
 
 setup(
-    ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"})
-    + cythonize(engine, nthreads=os.cpu_count() or 1, quiet=True,
-                # Python semantics unchanged: annotations stay annotations (an ``int`` hint must
-                # not reject a numpy integer), functions stay introspectable.
-                compiler_directives={"language_level": "3", "annotation_typing": False, "binding": True}),
+    ext_modules=[] if NO_EXT else (
+        cythonize(extensions, compiler_directives={"language_level": "3"})
+        + cythonize(engine, nthreads=os.cpu_count() or 1, quiet=True,
+                    # Python semantics unchanged: annotations stay annotations (an ``int`` hint must
+                    # not reject a numpy integer), functions stay introspectable.
+                    compiler_directives={"language_level": "3", "annotation_typing": False, "binding": True})),
     cmdclass={"build_ext": ParallelBuildExt},
 )

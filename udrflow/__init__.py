@@ -12,11 +12,6 @@ from udrflow import _compiled
 _compiled.install()  # before any engine module is imported: see udrflow/_compiled.py
 
 from udrflow import errors as errors
-from udrflow._branches import merge_field as merge_field
-from udrflow._database import Database as Database
-from udrflow._database import open as open
-from udrflow._transaction import Transaction as Transaction
-from udrflow._transaction import retry as retry
 from udrflow.errors import BranchNotFoundError as BranchNotFoundError
 from udrflow.errors import CommitOutcomeUnknownError as CommitOutcomeUnknownError
 from udrflow.errors import ConnectorError as ConnectorError
@@ -42,10 +37,36 @@ from udrflow.errors import TableNotFoundError as TableNotFoundError
 from udrflow.errors import TransactionConflictError as TransactionConflictError
 from udrflow.errors import UdrflowError as UdrflowError
 from udrflow.errors import VersionNotFoundError as VersionNotFoundError
-from udrflow.log import Durability as Durability
-from udrflow.log import LogRecord as LogRecord
 
 __version__ = "0.1.0"
+
+# The engine (pyarrow, numpy, DataFusion, ...) is imported on first use of one of these
+# names, not by ``import udrflow``: ``udrflow --version`` and scripts that only import
+# the package stay fast (PEP 562).
+_LAZY = {
+    "open": ("udrflow._database", "open"),
+    "Database": ("udrflow._database", "Database"),
+    "Transaction": ("udrflow._transaction", "Transaction"),
+    "retry": ("udrflow._transaction", "retry"),
+    "merge_field": ("udrflow._branches", "merge_field"),
+    "Durability": ("udrflow.log", "Durability"),
+    "LogRecord": ("udrflow.log", "LogRecord"),
+}
+
+
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'udrflow' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(target[0]), target[1])
+    globals()[name] = value  # (next time, a plain module attribute)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "open",

@@ -143,7 +143,7 @@ def encode_frames(list bodies, Py_ssize_t start, uint64_t first_version, int64_t
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef array offsets = clone(_U64, count, False)
     cdef unsigned char *p = <unsigned char *> PyBytes_AS_STRING(out)
-    cdef uint64_t *offs = offsets.data.as_ulonglongs
+    cdef uint64_t *offs = <uint64_t *> offsets.data.as_ulonglongs  # (same width; the cast keeps gcc quiet)
     cdef Py_ssize_t pos = 0
     cdef uint32_t length, crc, unsynced
     cdef uint64_t version, u
