@@ -72,7 +72,23 @@ def _garble_pages(store: Path) -> None:
     store.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [_flip_state_byte, _flip_position, _garble_pages])
+def _flip_in_schema(store: Path) -> None:
+    """A bit flipped in a column name of Bytewax's tables (SQLite's own check passes)."""
+    con = sqlite3.connect(store)
+    con.execute("ALTER TABLE exs RENAME COLUMN resume_epoch TO resume_epocj")
+    con.commit()
+    con.close()
+
+
+def _flip_part_count(store: Path) -> None:
+    con = sqlite3.connect(store)
+    con.execute("UPDATE parts SET part_count = 3")
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("damage", [_flip_state_byte, _flip_position, _garble_pages, _flip_in_schema,
+                                    _flip_part_count])
 def test_a_damaged_recovery_store_is_detected_and_the_view_stays_equal_to_the_oracle(tmp_path, caplog, damage):
     path = tmp_path / "db.udr"
     _setup(path).close()

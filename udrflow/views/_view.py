@@ -354,6 +354,15 @@ def _check_recovery_store(rec: Path) -> str | None:
             check = con.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 return f"SQLite's check of {path} says: {check}"
+            schema = con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+            if schema != _recovery_schema():
+                return f"{path} does not have the tables of a Bytewax recovery store (its schema was changed)"
+            parts = con.execute("SELECT part_index, part_count FROM parts").fetchall()
+            if parts != [(0, 1)]:
+                return f"{path} says it is partition(s) {parts} of its store: expected [(0, 1)] (one partition)"
+            workers = {n for (n,) in con.execute("SELECT worker_count FROM exs")}
+            if not workers <= {1}:
+                return f"{path} records runs of {sorted(workers)} workers: expected 1"
             for step_id, key, blob in con.execute("SELECT step_id, state_key, ser_change FROM snaps"):
                 if blob is None:
                     continue
@@ -370,6 +379,25 @@ def _check_recovery_store(rec: Path) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any damage that keeps the store from loading
         return f"{path} does not load: {type(exc).__name__}: {exc}"
     return None
+
+
+_recovery_schema_cache: list = []
+
+
+def _recovery_schema() -> list:
+    """The tables of a fresh Bytewax recovery store (made once per process to compare with)."""
+    if not _recovery_schema_cache:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="udrflow-recovery-") as tmp:
+            init_db_dir(Path(tmp), 1)
+            con = sqlite3.connect(Path(tmp) / "part-0.sqlite3")
+            try:
+                _recovery_schema_cache.append(
+                    con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall())
+            finally:
+                con.close()
+    return _recovery_schema_cache[0]
 
 
 def _source_positions(resume_state) -> dict:
