@@ -74,43 +74,43 @@ class _Store:
         # acknowledged commits. Reentrant: a branch's engine builds its parent's first.
         self._build_lock = threading.RLock()
 
-    def log(self, branch: str) -> EpochLog:
-        log = self.logs.get(branch)
-        if log is not None:
-            return log
+    def _built(self, cache: dict, branch: str, build):
+        """``cache[branch]``, built by ``build(branch)`` once, under the store's lock."""
+        value = cache.get(branch)
+        if value is not None:
+            return value
         with self._build_lock:
-            log = self.logs.get(branch)
-            if log is not None:
-                return log
-            _branches.read_meta(self.path, branch)  # BranchNotFoundError for an unknown branch
-            o = self.options
-            log = EpochLog.open(os.path.join(self.path, "log", branch), readonly=self.readonly,
-                                durability=o["durability"], fsync_interval_ms=o["fsync_interval_ms"],
-                                segment_size_bytes=o["segment_size_bytes"], io=o["io"], clock=o["clock"],
-                                salvage=o["salvage"])
-            if log.damage is not None:
-                _log.warning("udrflow: opened %s for salvage: serving versions up to %d; %s", self.path,
-                             log.version, log.damage)
-            self.logs[branch] = log
+            value = cache.get(branch)
+            if value is None:
+                value = cache[branch] = build(branch)
+        return value
+
+    def log(self, branch: str) -> EpochLog:
+        return self._built(self.logs, branch, self._open_log)
+
+    def _open_log(self, branch: str) -> EpochLog:
+        _branches.read_meta(self.path, branch)  # BranchNotFoundError for an unknown branch
+        o = self.options
+        log = EpochLog.open(os.path.join(self.path, "log", branch), readonly=self.readonly,
+                            durability=o["durability"], fsync_interval_ms=o["fsync_interval_ms"],
+                            segment_size_bytes=o["segment_size_bytes"], io=o["io"], clock=o["clock"],
+                            salvage=o["salvage"])
+        if log.damage is not None:
+            _log.warning("udrflow: opened %s for salvage: serving versions up to %d; %s", self.path,
+                         log.version, log.damage)
         return log
 
     def engine(self, branch: str) -> TableEngine:
         # Built on first use: it decodes every commit header to rebuild the catalog, which
         # log-level users (udrflow verify, crash tests on raw frames) do not need.
-        engine = self.engines.get(branch)
-        if engine is not None:
-            return engine
-        with self._build_lock:
-            engine = self.engines.get(branch)
-            if engine is not None:
-                return engine
-            meta = _branches.read_meta(self.path, branch)
-            parent = None if meta is None else self.engine(meta.parent)
-            checkpoints = CheckpointStore(os.path.join(self.path, "checkpoints", branch), self.io, self.chunks)
-            engine = TableEngine(self.log(branch), self.chunks, checkpoints, root=self.path, branch=branch,
-                                 io=self.io, parent=parent, fork=0 if meta is None else meta.fork)
-            self.engines[branch] = engine
-        return engine
+        return self._built(self.engines, branch, self._open_engine)
+
+    def _open_engine(self, branch: str) -> TableEngine:
+        meta = _branches.read_meta(self.path, branch)
+        parent = None if meta is None else self.engine(meta.parent)
+        checkpoints = CheckpointStore(os.path.join(self.path, "checkpoints", branch), self.io, self.chunks)
+        return TableEngine(self.log(branch), self.chunks, checkpoints, root=self.path, branch=branch,
+                           io=self.io, parent=parent, fork=0 if meta is None else meta.fork)
 
     def close_branch(self, branch: str) -> None:
         """Close a branch's engine and log (before it is deleted)."""
